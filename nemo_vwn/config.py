@@ -1,0 +1,173 @@
+"""VWN configuration: the fields that select a Virtual Width Network, and their validation.
+
+Notation (vwn-method.md section 1):
+    D   backbone hidden size (``hidden_size``): attention and MLP/MoE run at width D
+    m   ``virtual_width_m``: a backbone vector is viewed as m segments of width d = D/m
+    n   ``virtual_width_n``: slots in the wide state, n >= m
+    D'  virtual width D' = n*d = (n/m)*D (``virtual_hidden_size``)
+    r   virtual-width factor r = n/m (``virtual_width_factor``); 1.5x=(2,3), 2x=(8,16), 8x=(8,64)
+
+``VWNConfigMixin`` holds the fields and ``validate_vwn()``; ``VWNConfig`` is megatron's
+``TransformerConfig`` plus the mixin. The Megatron-Bridge provider reuses the same mixin, so a
+recipe and a hand-built config are validated by the same code. Every check runs in
+``__post_init__``, before any parameter is allocated, and names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+EMBEDDING_CHOICES = ("wide", "factorized")
+COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
+COLLAPSE_INIT_CHOICES = ("normal", "identity")
+GHC_IMPL_CHOICES = ("torch",)
+
+
+class VWNConfigError(ValueError):
+    """An invalid VWN configuration (raised before any allocation)."""
+
+
+def _small_divisors(value: int, limit: int = 64) -> list[int]:
+    return [k for k in range(1, min(value, limit) + 1) if value % k == 0]
+
+
+@dataclass
+class VWNConfigMixin:
+    """VWN fields shared by ``VWNConfig`` and the Megatron-Bridge ``VWNModelProvider``."""
+
+    virtual_width_n: Optional[int] = None
+    """n: slots of width d = D/m in the wide state (n >= m)."""
+
+    virtual_width_m: Optional[int] = None
+    """m: segments per backbone vector (the fraction rate); must divide hidden_size."""
+
+    ghc_dynamic: bool = True
+    """Dynamic GHC (DGHC, section 4): input-dependent A(H), B(H) on top of the static matrices."""
+
+    ghc_fp32_coefficients: bool = True
+    """[choice] Compute the DGHC norm, projection, tanh and the width/depth connections in fp32."""
+
+    ghc_impl: str = "torch"
+    """GHC implementation: "torch" (reference and fallback)."""
+
+    vwn_embedding: str = "wide"
+    """"wide": a vocabulary table of width D' (every slot distinct); "factorized": a width-D
+    table followed by one Linear D -> D' (the paper's option for large r)."""
+
+    vwn_collapse: str = "norm_linear"
+    """Collapse before the final norm (section 2): "norm_linear" = W_reduce(GroupNorm(H)) with r
+    groups of width D; "linear" = W_reduce(H) (the paper's 1.5x runs); "none" only when n == m."""
+
+    vwn_collapse_init: str = "normal"
+    """[choice] Init of W_reduce: "normal" = Megatron's init_method (training from scratch);
+    "identity" = [I_D | 0], reading slots 0..m-1, which reproduces a standard model at init
+    (upcycling a baseline checkpoint)."""
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def virtual_width_factor(self) -> float:
+        """r = n / m."""
+        return self.virtual_width_n / self.virtual_width_m
+
+    @property
+    def ghc_segment_size(self) -> int:
+        """d = D / m: the width of one slot."""
+        return self.hidden_size // self.virtual_width_m
+
+    @property
+    def virtual_hidden_size(self) -> int:
+        """D' = n * d: the width of the wide hidden state."""
+        return self.virtual_width_n * self.ghc_segment_size
+
+    # ------------------------------------------------------------------ validation
+    def validate_vwn(self) -> None:
+        """Check every VWN field; raise VWNConfigError naming the field and the allowed values."""
+        n, m, hidden = self.virtual_width_n, self.virtual_width_m, self.hidden_size
+        for name, value in (("virtual_width_n", n), ("virtual_width_m", m)):
+            if value is None:
+                raise VWNConfigError(
+                    f"{name} must be set: (virtual_width_m, virtual_width_n) = (m, n), e.g. (2, 3) "
+                    "for 1.5x, (8, 16) for 2x, (8, 64) for 8x"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise VWNConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not hidden or hidden % m != 0:
+            raise VWNConfigError(
+                f"virtual_width_m={m} must divide hidden_size={hidden} (slot width d = D/m); "
+                f"allowed virtual_width_m values for this hidden_size: {_small_divisors(hidden)}"
+            )
+        if n < m:
+            raise VWNConfigError(
+                f"virtual_width_n={n} must be >= virtual_width_m={m}: the virtual width factor "
+                f"r = n/m = {n / m:.3g} must be >= 1"
+            )
+        if not isinstance(self.ghc_dynamic, bool):
+            raise VWNConfigError(f"ghc_dynamic must be True or False, got {self.ghc_dynamic!r}")
+        choices = (
+            ("vwn_embedding", self.vwn_embedding, EMBEDDING_CHOICES),
+            ("vwn_collapse", self.vwn_collapse, COLLAPSE_CHOICES),
+            ("vwn_collapse_init", self.vwn_collapse_init, COLLAPSE_INIT_CHOICES),
+            ("ghc_impl", self.ghc_impl, GHC_IMPL_CHOICES),
+        )
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise VWNConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+        if self.vwn_collapse == "none" and n != m:
+            raise VWNConfigError(
+                f"vwn_collapse='none' is valid only when virtual_width_n == virtual_width_m "
+                f"(no widening), got (m, n) = ({m}, {n}); use 'norm_linear' or 'linear'"
+            )
+        if self.vwn_collapse == "norm_linear" and n % m != 0:
+            raise VWNConfigError(
+                f"vwn_collapse='norm_linear' normalises r groups of width D, which needs an integer "
+                f"r = n/m; (m, n) = ({m}, {n}) gives r = {n / m:.3g}. Use vwn_collapse='linear' "
+                "(the plain linear collapse, as the paper did for its 1.5x runs)"
+            )
+        if self.vwn_collapse == "none" and self.vwn_collapse_init != "normal":
+            raise VWNConfigError("vwn_collapse_init applies only when vwn_collapse is not 'none'")
+        self._validate_vwn_layout()
+
+    def _validate_vwn_layout(self) -> None:
+        """Reject Megatron features the VWN model does not support (yet), naming what is missing."""
+        unsupported = []
+        if getattr(self, "pipeline_model_parallel_size", 1) > 1:
+            unsupported.append(
+                "pipeline_model_parallel_size > 1 (stage boundaries must carry the wide state "
+                "[s, b, n*d]; the pipeline-shape patch is not implemented yet)"
+            )
+        if getattr(self, "mtp_num_layers", None):
+            unsupported.append("mtp_num_layers (VWN multi-token prediction is not implemented yet)")
+        if getattr(self, "cuda_graph_impl", "none") not in (None, "none"):
+            unsupported.append("cuda_graph_impl (GHC is not captured in CUDA graphs)")
+        if getattr(self, "inference_fuse_tp_communication", False):
+            unsupported.append("inference_fuse_tp_communication (fuses the residual add)")
+        if getattr(self, "cpu_offloading", False):
+            unsupported.append("cpu_offloading")
+        if unsupported:
+            raise VWNConfigError("VWN does not support: " + "; ".join(unsupported))
+
+
+def check_tied_embeddings(config: VWNConfigMixin, share_embeddings_and_output_weights: bool) -> None:
+    """A wide (D'-wide) embedding table cannot be the LM head's (D-wide) weight."""
+    if (
+        share_embeddings_and_output_weights
+        and config.vwn_embedding == "wide"
+        and config.virtual_hidden_size != config.hidden_size
+    ):
+        raise VWNConfigError(
+            "share_embeddings_and_output_weights=True is impossible with vwn_embedding='wide' "
+            f"(table width D'={config.virtual_hidden_size} != LM head width D={config.hidden_size}); "
+            "set share_embeddings_and_output_weights=False or vwn_embedding='factorized'"
+        )
+
+
+@dataclass
+class VWNConfig(TransformerConfig, VWNConfigMixin):
+    """megatron-core ``TransformerConfig`` plus the VWN fields (see ``VWNConfigMixin``)."""
+
+    def __post_init__(self):
+        self.validate_vwn()
+        super().__post_init__()

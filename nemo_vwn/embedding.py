@@ -1,0 +1,60 @@
+"""Wide state in: the over-width embedding (vwn-method.md section 2, Alg. 1).
+
+``vwn_embedding``:
+    "wide"        a vocabulary table of width D' = n*d: every slot has its own values (not n copies
+                  of one embedding as in Hyper-Connections). Vocab-parallel like Megatron's table.
+    "factorized"  a width-D table followed by one Linear D -> D' (the paper's option for large r,
+                  where a D'-wide table gets expensive). The D-wide table can be tied to the LM head.
+
+Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's embedding).
+
+``VWNEmbedding`` is megatron's ``LanguageModelEmbedding`` built at the table width; its forward
+(position embedding, transpose, sequence-parallel scatter, dropout) is reused unchanged.
+[choice] The factorized up-projection is replicated over TP and initialised with ``init_method``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+
+
+def _config_with_width(config, width: int):
+    """A shallow copy of ``config`` whose hidden_size is the embedding table width (no re-validation)."""
+    table_config = copy.copy(config)
+    table_config.hidden_size = width
+    return table_config
+
+
+class VWNEmbedding(LanguageModelEmbedding):
+    """Token (+ learned position) embedding of width D'. Same constructor as LanguageModelEmbedding."""
+
+    def __init__(self, config, vocab_size: int, max_sequence_length: int, *args, **kwargs):
+        self.factorized = config.vwn_embedding == "factorized"
+        table_width = config.hidden_size if self.factorized else config.virtual_hidden_size
+        super().__init__(_config_with_width(config, table_width), vocab_size, max_sequence_length,
+                         *args, **kwargs)
+        self.config = config
+        self.table_width = table_width
+        self.wide_size = config.virtual_hidden_size
+        if self.factorized:
+            self.up_proj_weight = torch.nn.Parameter(
+                torch.empty(self.wide_size, config.hidden_size, dtype=config.params_dtype)
+            )  # Linear D -> D'
+            if config.perform_initialization:
+                weight = torch.empty(self.up_proj_weight.shape, dtype=torch.float32)
+                config.init_method(weight)
+                with torch.no_grad():
+                    self.up_proj_weight.copy_(weight)
+            setattr(self.up_proj_weight, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, tokentype_ids=None) -> Tensor:
+        """[b, s] token ids -> [s, b, D'] wide state."""
+        embeddings = super().forward(input_ids, position_ids, tokentype_ids)
+        if self.factorized:
+            embeddings = torch.nn.functional.linear(embeddings, self.up_proj_weight)
+        return embeddings

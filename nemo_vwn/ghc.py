@@ -1,0 +1,170 @@
+"""Generalized Hyper-Connections (GHC) and dynamic GHC (DGHC): vwn-method.md sections 3-4.
+
+Legend (per token; the wide state h of width D' = n*d is viewed as H with shape (n, d)):
+    A = [A_read | A_carry]   (n, m+n)   ``static_alpha`` (+ dynamic part)
+    B                        (m, n)     ``static_beta``  (+ dynamic part)
+    read   (Alg. 2, eq. 1):  X = A_readᵀ H                 -> (m, d), flattened to x in R^D
+    branch (eq. 2):          z = Attention(Norm(x)) | MLP(Norm(x)), viewed as Z (m, d)
+    write  (eq. 3):          H' = Bᵀ Z + A_carryᵀ H         -> (n, d)
+Compact form: M = Aᵀ H (m+n, d); M[:m] is the backbone input, M[m:] the carried state.
+
+Static init: A_read = [I_m ; 0], A_carry = I_n, B[i, j] = 1 if j mod m == i else 0, so at init slots
+0..m-1 are a plain pre-norm residual stream of width D.
+
+DGHC (section 4), from the layer input H:
+    Hn   = RMSNorm_d(H)                          one gain of size d shared by the n slots
+    A(H) = S_A ∘ tanh(Hn W_A / sqrt(d)) + A_static      W_A (d, m+n) -> (n, m+n)
+    B(H) = S_B ∘ tanh(Hn W_B / sqrt(d))ᵀ + B_static     W_B (d, m)   -> (m, n)
+S_A, S_B init 1; W_A, W_B init 0, so DGHC == GHC at init.
+
+[choice] ``ghc_fp32_coefficients``: the norm, projections, tanh and both connections run in fp32
+(inputs are upcast; outputs are cast back to the wide state's dtype).
+
+Parallelism: every parameter is replicated over tensor-parallel ranks (the wide state is replicated
+like Megatron's residual stream). Under sequence parallelism each rank sees different tokens, so the
+parameters carry ``sequence_parallel=True`` and Megatron all-reduces their gradients over TP, as it
+does for layer-norm weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from megatron.core.transformer.module import MegatronModule
+
+
+class GHCState(NamedTuple):
+    """What ``write`` needs from ``read``: the carried state and the (per-token) B."""
+
+    carry: Tensor  # [s, b, n, d]  A_carryᵀ H, in the coefficient dtype
+    beta: Tensor  # [m, n] (static) or [s, b, m, n] (dynamic), fp32
+
+
+def static_alpha_init(n: int, m: int) -> Tensor:
+    """A = [A_read | A_carry] with A_read = [I_m ; 0] and A_carry = I_n.  -> (n, m+n)"""
+    alpha = torch.zeros(n, m + n)
+    alpha[:m, :m] = torch.eye(m)
+    alpha[:, m:] = torch.eye(n)
+    return alpha
+
+
+def static_beta_init(n: int, m: int) -> Tensor:
+    """B[i, j] = 1 if j mod m == i: backbone segment i is written into every slot j ≡ i (mod m)."""
+    j = torch.arange(n)
+    return (j[None, :] % m == torch.arange(m)[:, None]).to(torch.float32)  # (m, n)
+
+
+class GHC(MegatronModule):
+    """One GHC/DGHC module wrapping one sub-layer (attention or MLP/MoE) of a transformer layer.
+
+    Args:
+        config: a VWN config (``virtual_width_n``, ``virtual_width_m``, ``ghc_dynamic`` ...).
+        layer_number: the owning layer's number (kept for logging/debugging; init does not use it).
+    """
+
+    def __init__(self, config, layer_number: Optional[int] = None):
+        super().__init__(config=config)
+        self.layer_number = layer_number
+        self.n = config.virtual_width_n
+        self.m = config.virtual_width_m
+        self.d = config.ghc_segment_size
+        self.dynamic = bool(config.ghc_dynamic)
+        self.fp32 = bool(config.ghc_fp32_coefficients)
+        self.eps = config.layernorm_epsilon
+        n, m, d = self.n, self.m, self.d
+
+        def param(shape):
+            return torch.nn.Parameter(torch.empty(shape, dtype=config.params_dtype))
+
+        self.static_alpha = param((n, m + n))
+        self.static_beta = param((m, n))
+        if self.dynamic:
+            self.norm_weight = param((d,))
+            self.dynamic_alpha_proj = param((d, m + n))
+            self.dynamic_beta_proj = param((d, m))
+            self.dynamic_alpha_scale = param((n, m + n))
+            self.dynamic_beta_scale = param((m, n))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The method's init (deterministic: no RNG is consumed)."""
+        with torch.no_grad():
+            self.static_alpha.copy_(static_alpha_init(self.n, self.m))
+            self.static_beta.copy_(static_beta_init(self.n, self.m))
+            if self.dynamic:
+                self.norm_weight.fill_(1.0)
+                self.dynamic_alpha_proj.zero_()
+                self.dynamic_beta_proj.zero_()
+                self.dynamic_alpha_scale.fill_(1.0)
+                self.dynamic_beta_scale.fill_(1.0)
+        for p in self.parameters():
+            setattr(p, "sequence_parallel", self.config.sequence_parallel)
+
+    # ------------------------------------------------------------------ coefficients
+    def _compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if self.fp32 and dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def coefficients(self, H: Tensor) -> tuple[Tensor, Tensor]:
+        """A and B for the wide state H [s, b, n, d].
+
+        Returns (alpha, beta): static [n, m+n], [m, n]; dynamic [s, b, n, m+n], [s, b, m, n].
+        """
+        cdt = self._compute_dtype(H.dtype)
+        static_alpha = self.static_alpha.to(cdt)
+        static_beta = self.static_beta.to(cdt)
+        if not self.dynamic:
+            return static_alpha, static_beta
+        Hf = H.to(cdt)
+        # Hn = RMSNorm_d(H): per-slot RMS over d, one gain of size d shared by the slots
+        Hn = torch.nn.functional.rms_norm(Hf, (self.d,), self.norm_weight.to(cdt), self.eps)
+        inv_sqrt_d = 1.0 / math.sqrt(self.d)
+        dyn_alpha = torch.tanh(torch.matmul(Hn, self.dynamic_alpha_proj.to(cdt)) * inv_sqrt_d)
+        dyn_beta = torch.tanh(torch.matmul(Hn, self.dynamic_beta_proj.to(cdt)) * inv_sqrt_d)
+        alpha = self.dynamic_alpha_scale.to(cdt) * dyn_alpha + static_alpha  # [s, b, n, m+n]
+        beta = self.dynamic_beta_scale.to(cdt) * dyn_beta.transpose(-1, -2) + static_beta  # [s,b,m,n]
+        return alpha, beta
+
+    # ------------------------------------------------------------------ read / write
+    def read(self, hidden_states: Tensor) -> tuple[Tensor, GHCState]:
+        """Backbone input from the wide state (eq. 1) plus the state ``write`` needs.
+
+        hidden_states: [s, b, n*d]  ->  x: [s, b, D] (D = m*d), GHCState
+        """
+        s, b, width = hidden_states.shape
+        if width != self.n * self.d:
+            raise ValueError(
+                f"GHC.read expects a wide state of width n*d = {self.n * self.d}, got {width}"
+            )
+        H = hidden_states.view(s, b, self.n, self.d)  # [s, b, n, d]
+        alpha, beta = self.coefficients(H)
+        Hc = H.to(alpha.dtype)
+        # M = Aᵀ H: [s, b, m+n, d]; rows :m are the backbone input, rows m: the carried state.
+        # (matmul rather than einsum: its backward yields contiguous grads, so the branch's GEMMs
+        # see the same layouts as in a stock layer and n == m reproduces stock gradients exactly.)
+        M = torch.matmul(alpha.transpose(-1, -2), Hc)
+        x = M[:, :, : self.m].reshape(s, b, self.m * self.d).to(hidden_states.dtype).contiguous()
+        return x, GHCState(carry=M[:, :, self.m :], beta=beta)
+
+    def write(self, branch_output: Tensor, state: GHCState) -> Tensor:
+        """Merge the branch output back into the wide state (eq. 3): H' = Bᵀ Z + A_carryᵀ H.
+
+        branch_output: [s, b, D]  ->  [s, b, n*d] (dtype of branch_output)
+        """
+        s, b, _ = branch_output.shape
+        beta = state.beta
+        Z = branch_output.view(s, b, self.m, self.d).to(beta.dtype)  # [s, b, m, d]
+        depth = torch.matmul(beta.transpose(-1, -2), Z)  # Bᵀ Z: [s, b, n, d]
+        out = depth + state.carry  # [s, b, n, d]
+        return out.reshape(s, b, self.n * self.d).to(branch_output.dtype)
+
+    def forward(self, hidden_states: Tensor, branch) -> Tensor:
+        """Convenience: write(branch(read(h))) for a branch taking and returning [s, b, D]."""
+        x, state = self.read(hidden_states)
+        return self.write(branch(x), state)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, m={self.m}, d={self.d}, dynamic={self.dynamic}"
