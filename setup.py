@@ -19,6 +19,7 @@ setup(
     python_requires=">=3.12",
     packages=[
         "nemo_vwn",
+        "nemo_vwn.bridge",
         "nemo_vwn.testing",
         "nemo_vwn.patches",
         "nemo_vwn.recipes",

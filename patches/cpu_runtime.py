@@ -274,15 +274,20 @@ def _patch_megatron_rng() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def apply() -> None:
-    """Install the shim in this process (idempotent). Call before building any megatron object."""
-    if _state["applied"]:
-        return
-    if torch.cuda.is_available():
+def check_no_cuda(cuda_available: bool) -> None:
+    """The shim must never run where a real GPU is usable."""
+    if cuda_available:
         raise RuntimeError(
             "nemo_vwn.patches.cpu_runtime maps CUDA onto the CPU and must not be applied where a "
             "CUDA device is usable; run without it on GPU machines."
         )
+
+
+def apply() -> None:
+    """Install the shim in this process (idempotent). Call before building any megatron object."""
+    if _state["applied"]:
+        return
+    check_no_cuda(torch.cuda.is_available())
     gen = torch.Generator(device="cpu")
     gen.manual_seed(0)
     _state["cuda_gen"] = gen

@@ -1,0 +1,102 @@
+"""Pieces shared by the recipes: the CPU training container and the baseline (non-VWN) layer spec.
+
+Every recipe returns a Megatron-Bridge ``ConfigContainer``; its VWN variant and its baseline twin
+differ only in the model provider (VWNModelProvider vs GPTModelProvider with the same fields).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from megatron.bridge.training.config import (
+    CheckpointConfig,
+    ConfigContainer,
+    DistributedInitConfig,
+    GPTDatasetConfig,
+    LoggerConfig,
+    RNGConfig,
+    SchedulerConfig,
+    TokenizerConfig,
+    TrainingConfig,
+    ValidationConfig,
+)
+from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig
+
+from nemo_vwn.layer_specs import HAVE_TE
+
+# Model settings every CPU recipe needs (no TE/apex kernels, fusions off, fp32).
+CPU_MODEL_SETTINGS = dict(
+    transformer_impl="local",
+    attention_backend="local",
+    use_cpu_initialization=True,
+    gradient_accumulation_fusion=False,
+    bias_activation_fusion=False,
+    bias_dropout_fusion=False,
+    masked_softmax_fusion=False,
+    persist_layer_norm=False,
+    apply_rope_fusion=False,
+    cross_entropy_loss_fusion=False,
+)
+CPU_MOE_SETTINGS = dict(moe_token_dispatcher_type="allgather", add_bias_linear=False)
+
+
+def stock_layer_spec(config, vp_stage: Optional[int] = None):
+    """The baseline twin's spec: upstream's per-stage GPT block spec (TE when usable)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
+    use_te = bool(HAVE_TE) and getattr(config, "transformer_impl", "local") == "transformer_engine"
+    return get_gpt_decoder_block_spec(config, use_transformer_engine=use_te,
+                                      normalization=config.normalization, vp_stage=vp_stage)
+
+
+def default_output_dir(name: str) -> str:
+    return os.path.join(os.environ.get("NEMO_VWN_OUTPUT", os.path.join(os.getcwd(), "runs")), name)
+
+
+def cpu_pretrain_container(
+    model,
+    name: str,
+    output_dir: Optional[str] = None,
+    train_iters: int = 100,
+    global_batch_size: int = 8,
+    micro_batch_size: int = 4,
+    seq_length: int = 64,
+    lr: float = 3e-3,
+    min_lr: float = 3e-4,
+    warmup_iters: int = 10,
+    eval_interval: int = 25,
+    save_interval: Optional[int] = None,
+    vocab_size: int = 512,
+    seed: int = 1234,
+) -> ConfigContainer:
+    """A ConfigContainer for CPU runs: gloo, fp32, plain Adam, mock data (NullTokenizer)."""
+    output_dir = output_dir or default_output_dir(name)
+    model.seq_length = seq_length
+    return ConfigContainer(
+        model=model,
+        train=TrainingConfig(train_iters=train_iters, global_batch_size=global_batch_size,
+                             micro_batch_size=micro_batch_size),
+        validation=ValidationConfig(eval_interval=eval_interval, eval_iters=2),
+        optimizer=OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=0.01,
+                                  adam_beta1=0.9, adam_beta2=0.95, bf16=False, fp16=False,
+                                  use_distributed_optimizer=False, clip_grad=1.0),
+        scheduler=SchedulerConfig(lr_decay_style="cosine", lr_warmup_iters=warmup_iters,
+                                  lr_decay_iters=train_iters, start_weight_decay=0.01,
+                                  end_weight_decay=0.01),
+        ddp=DistributedDataParallelConfig(use_distributed_optimizer=False, grad_reduce_in_fp32=False,
+                                          overlap_grad_reduce=False, overlap_param_gather=False),
+        dataset=GPTDatasetConfig(random_seed=seed, seq_length=seq_length, blend=None,
+                                 blend_per_split=None, split="9999,8,2", dataloader_type="single",
+                                 reset_position_ids=False, reset_attention_mask=False,
+                                 eod_mask_loss=False, num_workers=0),
+        logger=LoggerConfig(log_interval=5, tensorboard_dir=os.path.join(output_dir, "tb")),
+        tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=vocab_size),
+        checkpoint=CheckpointConfig(save_interval=save_interval or train_iters,
+                                    save=os.path.join(output_dir, "checkpoints"),
+                                    ckpt_format="torch_dist"),
+        rng=RNGConfig(seed=seed),
+        dist=DistributedInitConfig(distributed_backend="gloo"),
+        mixed_precision=None,
+    )
