@@ -133,11 +133,6 @@ class VWNConfigMixin:
     def _validate_vwn_layout(self) -> None:
         """Reject Megatron features the VWN model does not support (yet), naming what is missing."""
         unsupported = []
-        if getattr(self, "pipeline_model_parallel_size", 1) > 1:
-            unsupported.append(
-                "pipeline_model_parallel_size > 1 (stage boundaries must carry the wide state "
-                "[s, b, n*d]; the pipeline-shape patch is not implemented yet)"
-            )
         if getattr(self, "mtp_num_layers", None):
             unsupported.append("mtp_num_layers (VWN multi-token prediction is not implemented yet)")
         if getattr(self, "cuda_graph_impl", "none") not in (None, "none"):

@@ -43,6 +43,15 @@ class VWNGPTModel(GPTModel):
         arguments.pop("self")
         # Checks that need the model arguments, before anything is allocated.
         check_tied_embeddings(config, arguments["share_embeddings_and_output_weights"])
+        if config.pipeline_model_parallel_size > 1:
+            from nemo_vwn.patches import pipeline_shapes
+
+            if not pipeline_shapes.is_applied():
+                raise VWNConfigError(
+                    "pipeline_model_parallel_size > 1: stage boundaries carry the wide state "
+                    "[s, b, D']; call nemo_vwn.patches.pipeline_shapes.apply() before training "
+                    "(nemo_vwn.runtime.prepare_runtime() and VWNModelProvider do it)"
+                )
         if arguments["mtp_block_spec"] is not None:
             raise VWNConfigError("mtp_block_spec: VWN multi-token prediction is not implemented yet")
         arguments["transformer_layer_spec"] = as_vwn_block_spec(

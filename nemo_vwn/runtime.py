@@ -16,6 +16,9 @@ def prepare_runtime(bridge: bool = True) -> str:
     GPU: nothing is patched (Bridge modules are imported normally). CPU: the CPU runtime shim and,
     with ``bridge``, the Bridge import placeholders for TE/NVRx and Bridge's CPU setup patch.
     """
+    from nemo_vwn.patches import pipeline_shapes
+
+    pipeline_shapes.apply()  # a real upstream gap on every machine (VWN models only)
     if torch.cuda.is_available():
         if bridge:
             from nemo_vwn.patches import bridge_imports

@@ -10,11 +10,16 @@ must not be applied) and ``is_applied()``; drop-in modules are selected by the V
 Registry:
     cpu_runtime     runtime: megatron-core/Bridge assume CUDA; run them on CPU with gloo
     sp_torch_norm   drop-in: the local spec's torch norm refuses sequence parallelism
+    pipeline_shapes runtime: p2p buffers sized from hidden_size; VWN boundaries are D' wide
+    bridge_imports  runtime: Bridge imports TE/NVRx unguarded (CPU machines)
+    bridge_cpu      runtime: Bridge setup asserts CUDA / compiles helpers / warms CUDA JIT
+    bridge_provider runtime: GPTModelProvider.provide() hard-codes megatron's GPTModel
 """
 
 from importlib import import_module
 
-PATCHES = ("cpu_runtime", "sp_torch_norm")
+PATCHES = ("cpu_runtime", "sp_torch_norm", "pipeline_shapes", "bridge_imports", "bridge_cpu",
+           "bridge_provider")
 
 
 def describe() -> list[tuple[str, str, str]]:

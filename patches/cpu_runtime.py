@@ -16,7 +16,9 @@ allocation device, literal ``device="cuda"`` tensors in schedules and MoE, CUDA 
    ``set_rng_state`` and megatron's ``_get/_set_cuda_rng_state`` read and write it, and dropout (and
    random tensors that code asked to create on CUDA) draw from it. The CPU generator keeps serving
    CPU-side randomness (weight init with ``use_cpu_initialization``, data samplers), exactly as on a
-   GPU machine, so a checkpoint that stores both RNG states resumes bit-exactly, dropout included.
+   GPU machine, so a checkpoint that stores both RNG states resumes bit-exactly, dropout included;
+4. runs megatron's batched pipeline p2p through its ordered, non-batched path (gloo pairs
+   transfers in issue order, which the batched path breaks in interleaved schedules).
 
 It is applied explicitly (``apply()``), never as an import side effect, and refuses to run where a
 CUDA device is usable.
@@ -274,6 +276,26 @@ def _patch_megatron_rng() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 4. pipeline p2p on gloo
+# ----------------------------------------------------------------------------------------------
+def _patch_megatron_p2p() -> None:
+    """gloo pairs transfers between two ranks in issue order. megatron's batched p2p issues
+    send_prev/recv_prev/send_next/recv_next in one group; when prev and next are the same peer
+    (a 2-stage interleaved ring) a backward send meets a forward receive and tensors get swapped.
+    megatron's non-batched path orders even/odd ranks and splits the two directions across two
+    groups, which gloo matches correctly, so batched p2p runs that path on CPU."""
+    try:
+        from megatron.core.pipeline_parallel import p2p_communication as p2p
+    except ImportError:
+        return
+
+    def batched_p2p_ops_on_gloo(**kwargs):
+        return list(p2p._p2p_ops(**kwargs).values())
+
+    p2p._batched_p2p_ops = batched_p2p_ops_on_gloo
+
+
+# ----------------------------------------------------------------------------------------------
 def check_no_cuda(cuda_available: bool) -> None:
     """The shim must never run where a real GPU is usable."""
     if cuda_available:
@@ -293,6 +315,7 @@ def apply() -> None:
     _state["cuda_gen"] = gen
     _patch_torch_cuda()
     _patch_megatron_rng()
+    _patch_megatron_p2p()
     mode = CudaToCpuMode()
     mode.__enter__()  # stays on the torch-function mode stack of this thread for the process' life
     _state["mode"] = mode

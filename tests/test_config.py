@@ -41,7 +41,7 @@ INVALID = [
     (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse_init="zeros"), r"vwn_collapse_init='zeros' is not one of \['normal', 'identity'\]"),
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_impl="cuda"), r"ghc_impl='cuda' is not one of"),
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_dynamic="yes"), r"ghc_dynamic must be True or False"),
-    (dict(virtual_width_m=2, virtual_width_n=4, pipeline_model_parallel_size=2), r"pipeline_model_parallel_size > 1"),
+    (dict(virtual_width_m=2, virtual_width_n=4, cuda_graph_impl="local"), r"cuda_graph_impl"),
     (dict(virtual_width_m=2, virtual_width_n=4, mtp_num_layers=1), r"mtp_num_layers"),
 ]
 

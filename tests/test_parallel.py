@@ -63,3 +63,48 @@ def test_ep2_matches_ep1():
             assert row["loss_max_abs_diff"] < 1e-5, row
             assert row["grad_max_rel_diff"] < 1e-4, row
     assert results[0][0]["loss"] != results[1][0]["loss"]  # ranks really had different data
+
+
+def _run_layout(layout, world_size, cases):
+    results = run_distributed(f"{WORKERS}:layout_parity", world_size=world_size,
+                              kwargs={"layout": layout, "cases": cases}, sys_path=[REPO_ROOT])
+    rows = [row for rank_rows in results for row in rank_rows]
+    _report(f"layout {layout} vs 1 process", rows)
+    for row in rows:
+        if row["n_losses"]:  # last pipeline stage: one loss per microbatch
+            assert row["n_losses"] == 4 and row["loss_max_abs_diff"] < 1e-5, row
+        assert row["grad_max_rel_diff"] < 1e-4, row
+    return rows
+
+
+def test_pp2_matches_pp1_1f1b_and_interleaved():
+    rows = _run_layout({"pp": 2}, 2, [
+        dict(name="stock GPT VPP2 (control)", stock=True, num_layers=4),
+        dict(name="r2 (2,4) 1F1B", n=4, m=2),
+        dict(name="r1.5 (2,3) 1F1B", n=3, m=2, vwn_collapse="linear"),
+        dict(name="r2 (2,4) MoE 1F1B", n=4, m=2, moe=True),
+        dict(name="r2 (2,4) factorized 1F1B", n=4, m=2, vwn_embedding="factorized"),
+    ])
+    by_stage = {row["pp_rank"]: row["layers"] for row in rows if row["case"] == "r2 (2,4) 1F1B"}
+    assert by_stage == {0: ["0"], 1: ["1"]}  # each stage holds its own layer
+    rows = _run_layout({"pp": 2, "vpp": 2}, 2, [
+        dict(name="stock GPT VPP2 (control)", stock=True, num_layers=4),
+        dict(name="r1.5 (2,3) VPP2", n=3, m=2, vwn_collapse="linear", num_layers=4),
+        dict(name="r2 (2,4) MoE VPP2", n=4, m=2, moe=True, num_layers=4),
+    ])
+    by_stage = {row["pp_rank"]: row["layers"] for row in rows if row["case"].startswith("r1.5")}
+    assert by_stage == {0: ["0", "2"], 1: ["1", "3"]}  # interleaved chunks
+
+
+def test_tp2_x_pp2_with_sequence_parallel():
+    _run_layout({"tp": 2, "pp": 2, "sp": True}, 4, [
+        dict(name="r2 (2,4)", n=4, m=2),
+        dict(name="r2 (2,4) MoE", n=4, m=2, moe=True),
+    ])
+
+
+def test_ep2_x_pp2_moe():
+    _run_layout({"ep": 2, "pp": 2}, 4, [
+        dict(name="r2 (2,4) MoE", n=4, m=2, moe=True),
+        dict(name="r1.5 (2,3) MoE", n=3, m=2, moe=True, vwn_collapse="linear"),
+    ])

@@ -17,6 +17,7 @@ from megatron.core.transformer import ModuleSpec
 from nemo_vwn.config import VWNConfigMixin, check_tied_embeddings
 from nemo_vwn.layer_specs import HAVE_TE, get_vwn_decoder_block_spec
 from nemo_vwn.model import VWNGPTModel
+from nemo_vwn.patches import pipeline_shapes
 from nemo_vwn.patches.bridge_provider import gpt_model_class
 
 
@@ -45,6 +46,8 @@ class VWNModelProvider(GPTModelProvider, VWNConfigMixin):
         super().finalize()
 
     def provide(self, pre_process=None, post_process=None, vp_stage=None) -> VWNGPTModel:
+        if self.pipeline_model_parallel_size > 1:
+            pipeline_shapes.apply()  # stage boundaries carry the wide state
         with gpt_model_class(VWNGPTModel):
             return super().provide(pre_process=pre_process, post_process=post_process,
                                    vp_stage=vp_stage)

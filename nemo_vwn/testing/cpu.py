@@ -65,6 +65,7 @@ def set_parallel_layout(
     expert_model_parallel_size: int = 1,
     context_parallel_size: int = 1,
     seed: int = 1234,
+    virtual_pipeline_model_parallel_size: Optional[int] = None,
 ) -> None:
     """(Re)initialise megatron's process groups for a layout and reseed every RNG."""
     from megatron.core import parallel_state, tensor_parallel
@@ -76,6 +77,7 @@ def set_parallel_layout(
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         expert_model_parallel_size=expert_model_parallel_size,
         context_parallel_size=context_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
     )
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)

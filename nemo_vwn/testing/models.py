@@ -40,7 +40,8 @@ def build_vwn_gpt(config, vocab_size: int = VOCAB, seq: int = SEQ, **kwargs):
     from nemo_vwn import VWNGPTModel, get_vwn_decoder_block_spec
 
     kwargs.setdefault("position_embedding_type", "rope")
-    spec = get_vwn_decoder_block_spec(config, use_transformer_engine=False)
+    spec = get_vwn_decoder_block_spec(config, use_transformer_engine=False,
+                                      vp_stage=kwargs.get("vp_stage"))
     return VWNGPTModel(config, spec, vocab_size=vocab_size, max_sequence_length=seq, **kwargs)
 
 
@@ -50,7 +51,8 @@ def build_stock_gpt(config, vocab_size: int = VOCAB, seq: int = SEQ, **kwargs):
 
     kwargs.setdefault("position_embedding_type", "rope")
     spec = get_gpt_decoder_block_spec(config, use_transformer_engine=False,
-                                      normalization=config.normalization)
+                                      normalization=config.normalization,
+                                      vp_stage=kwargs.get("vp_stage"))
     return GPTModel(config, spec, vocab_size=vocab_size, max_sequence_length=seq, **kwargs)
 
 

@@ -56,22 +56,25 @@ def unshard(local: torch.Tensor, param, group) -> torch.Tensor:
 
 
 def load_unsharded(model: torch.nn.Module, full_state: dict, tp_rank: int = 0, tp_size: int = 1,
-                   ep_rank: int = 0, num_local_experts: Optional[int] = None) -> None:
-    """Copy an unsharded model's parameters into this rank's shard of ``model`` (strict)."""
+                   ep_rank: int = 0, num_local_experts: Optional[int] = None,
+                   names: Optional[dict] = None) -> None:
+    """Copy an unsharded model's parameters into this rank's shard of ``model`` (strict).
+
+    ``names`` maps local to unsharded names (pipeline stages: ``global_layer_names``)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            key = global_expert_name(name, ep_rank, num_local_experts)
+            key = global_expert_name((names or {}).get(name, name), ep_rank, num_local_experts)
             if key not in full_state:
                 raise KeyError(f"{key} missing from the unsharded state")
             param.copy_(shard_of(full_state[key], param, tp_rank, tp_size))
 
 
 def unsharded_grads(model: torch.nn.Module, tp_group=None, ep_rank: int = 0,
-                    num_local_experts: Optional[int] = None) -> dict:
+                    num_local_experts: Optional[int] = None, names: Optional[dict] = None) -> dict:
     """{global name: unsharded grad} of this rank (experts: only the local ones)."""
     grads = {}
     for name, param in model.named_parameters():
-        key = global_expert_name(name, ep_rank, num_local_experts)
+        key = global_expert_name((names or {}).get(name, name), ep_rank, num_local_experts)
         grads[key] = unshard(param.grad.detach(), param, tp_group).clone()
     return grads
 
@@ -84,3 +87,19 @@ def allreduce_sequence_parallel_grads(model: torch.nn.Module, tp_group) -> int:
             dist.all_reduce(param.grad, group=tp_group)
             count += 1
     return count
+
+
+_LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+def global_layer_names(model: torch.nn.Module) -> dict:
+    """{stage-local parameter name: name in the unsharded model} for a pipeline stage/chunk.
+
+    A stage's ``decoder.layers.{i}`` is global layer ``layers[i].layer_number - 1``.
+    """
+    numbers = [layer.layer_number - 1 for layer in model.decoder.layers]
+    mapping = {}
+    for name, _ in model.named_parameters():
+        mapping[name] = _LOCAL_LAYER.sub(lambda m: f"decoder.layers.{numbers[int(m.group(1))]}.",
+                                         name)
+    return mapping
