@@ -133,8 +133,6 @@ class VWNConfigMixin:
     def _validate_vwn_layout(self) -> None:
         """Reject Megatron features the VWN model does not support (yet), naming what is missing."""
         unsupported = []
-        if getattr(self, "mtp_num_layers", None):
-            unsupported.append("mtp_num_layers (VWN multi-token prediction is not implemented yet)")
         if getattr(self, "cuda_graph_impl", "none") not in (None, "none"):
             unsupported.append("cuda_graph_impl (GHC is not captured in CUDA graphs)")
         if getattr(self, "inference_fuse_tp_communication", False):

@@ -159,6 +159,10 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
     init_cpu_distributed(rank, world_size, seed=SEED)
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.multi_token_prediction import (
+        MTPLossAutoScaler,
+        MTPLossLoggingHelper,
+    )
 
     from nemo_vwn.patches import pipeline_shapes
     from nemo_vwn.testing.parallel import global_layer_names
@@ -175,10 +179,13 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
         mask = causal_mask(seq)
 
         set_parallel_layout(seed=SEED)
+        MTPLossLoggingHelper.tracker.clear()
         reference = _build(_case_config(case))
         full_state = {k: v.detach().clone() for k, v in reference.named_parameters()}
         ref_losses = []
         for input_ids, position_ids, labels in batches:
+            # what the schedules do: MTP gradients are scaled like the main loss (1/microbatches)
+            MTPLossAutoScaler.set_loss_scale(torch.tensor(1.0 / microbatches))
             loss = reference(input_ids, position_ids, mask, labels=labels).float().mean()
             (loss / microbatches).backward()
             ref_losses.append(loss.item())
@@ -186,6 +193,9 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
         for name in ref_grads:
             if ".local_experts." in name:
                 ref_grads[name] = ref_grads[name] * ep
+        ref_mtp = MTPLossLoggingHelper.tracker.get("loss_values")
+        ref_mtp = None if ref_mtp is None else ref_mtp.clone()
+        MTPLossLoggingHelper.tracker.clear()
 
         set_parallel_layout(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                             expert_model_parallel_size=ep, seed=SEED,
@@ -222,13 +232,21 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
         for chunk in chunks:
             if sp:
                 allreduce_sequence_parallel_grads(chunk, tp_group)
+            if getattr(config, "mtp_num_layers", None) and pp > 1 and hasattr(chunk, "embedding"):
+                # the first stage's table and the MTP stage's copy: summed like finalize_model_grads
+                dist.all_reduce(chunk.embedding.word_embeddings.weight.grad,
+                                group=parallel_state.get_embedding_group())
             grads.update(unsharded_grads(chunk, tp_group, ep_rank=ep_rank,
                                          num_local_experts=num_local,
                                          names=global_layer_names(chunk)))
         grad_abs, grad_rel, worst = _compare(grads, ref_grads)
         stage_losses = [d["lm loss"].item() for d in losses] if losses else []
+        mtp_logged = MTPLossLoggingHelper.tracker.get("loss_values")
         results.append(dict(
             case=case.get("name", str(case)), layout=layout, pp_rank=pp_rank, tp_rank=tp_rank,
+            mtp_depths_logged=0 if mtp_logged is None else len(mtp_logged),
+            mtp_loss_max_abs_diff=(None if mtp_logged is None or ref_mtp is None
+                                   else (mtp_logged - ref_mtp).abs().max().item()),
             layers=sorted({n.split(".")[2] for n in grads if n.startswith("decoder.layers.")}),
             loss_max_abs_diff=max((abs(a - b) for a, b in zip(stage_losses, ref_losses)),
                                   default=None),

@@ -42,7 +42,6 @@ INVALID = [
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_impl="cuda"), r"ghc_impl='cuda' is not one of"),
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_dynamic="yes"), r"ghc_dynamic must be True or False"),
     (dict(virtual_width_m=2, virtual_width_n=4, cuda_graph_impl="local"), r"cuda_graph_impl"),
-    (dict(virtual_width_m=2, virtual_width_n=4, mtp_num_layers=1), r"mtp_num_layers"),
 ]
 
 

@@ -73,6 +73,8 @@ def _run_layout(layout, world_size, cases):
     for row in rows:
         if row["n_losses"]:  # last pipeline stage: one loss per microbatch
             assert row["n_losses"] == 4 and row["loss_max_abs_diff"] < 1e-5, row
+        if row["mtp_depths_logged"]:  # the stage that ran MTP logged one loss per depth
+            assert row["mtp_loss_max_abs_diff"] < 1e-5, row
         assert row["grad_max_rel_diff"] < 1e-4, row
     return rows
 
@@ -84,7 +86,13 @@ def test_pp2_matches_pp1_1f1b_and_interleaved():
         dict(name="r1.5 (2,3) 1F1B", n=3, m=2, vwn_collapse="linear"),
         dict(name="r2 (2,4) MoE 1F1B", n=4, m=2, moe=True),
         dict(name="r2 (2,4) factorized 1F1B", n=4, m=2, vwn_embedding="factorized"),
+        dict(name="r2 (2,4) MTP k=1", n=4, m=2, mtp_num_layers=1),
+        dict(name="r1.5 (2,3) MoE MTP k=2", n=3, m=2, moe=True, vwn_collapse="linear",
+             mtp_num_layers=2),
     ])
+    mtp_rows = [row for row in rows if "MTP" in row["case"]]
+    assert {row["pp_rank"]: row["mtp_depths_logged"] for row in mtp_rows
+            if row["case"].startswith("r1.5")} == {0: 0, 1: 2}  # MTP runs on the last stage
     by_stage = {row["pp_rank"]: row["layers"] for row in rows if row["case"] == "r2 (2,4) 1F1B"}
     assert by_stage == {0: ["0"], 1: ["1"]}  # each stage holds its own layer
     rows = _run_layout({"pp": 2, "vpp": 2}, 2, [
