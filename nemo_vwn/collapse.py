@@ -24,6 +24,8 @@ from torch import Tensor
 
 from megatron.core.transformer.module import MegatronModule
 
+from nemo_vwn.ghc import NO_WEIGHT_DECAY_ATTR
+
 
 def _tag_sequence_parallel(module: torch.nn.Module, config) -> None:
     # Replicated over TP; under SP each rank sees other tokens, so grads are all-reduced over TP.
@@ -65,6 +67,8 @@ class VWNCollapse(MegatronModule):
                 self.config.init_method(weight)
                 self.reduce_weight.copy_(weight)
         _tag_sequence_parallel(self, self.config)
+        if self.use_group_norm:
+            setattr(self.group_norm_weight, NO_WEIGHT_DECAY_ATTR, True)  # a norm gain
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         s, b, width = hidden_states.shape

@@ -50,6 +50,10 @@ class VWNConfigMixin:
     ghc_fp32_coefficients: bool = True
     """[choice] Compute the DGHC norm, projection, tanh and the width/depth connections in fp32."""
 
+    ghc_scale_weight_decay: bool = False
+    """[choice] Weight decay on the DGHC scales S_A, S_B (default: none, as for norm gains). The
+    static A/B never decay; the dynamic projections W_A, W_B always do (nemo_vwn.optim)."""
+
     ghc_impl: str = "torch"
     """GHC implementation: "torch" (reference and fallback)."""
 

@@ -36,6 +36,9 @@ from torch import Tensor
 
 from megatron.core.transformer.module import MegatronModule
 
+# Parameters carrying this attribute get no weight decay (nemo_vwn.optim adds the override).
+NO_WEIGHT_DECAY_ATTR = "vwn_no_weight_decay"
+
 
 class GHCState(NamedTuple):
     """What ``write`` needs from ``read``: the carried state and the (per-token) B."""
@@ -103,6 +106,15 @@ class GHC(MegatronModule):
                 self.dynamic_beta_scale.fill_(1.0)
         for p in self.parameters():
             setattr(p, "sequence_parallel", self.config.sequence_parallel)
+        # Weight decay (vwn-method.md section 4): none on the static A/B and the norm gain; the
+        # scales S_A/S_B follow ghc_scale_weight_decay; the projections W_A/W_B decay.
+        no_decay = [self.static_alpha, self.static_beta]
+        if self.dynamic:
+            no_decay.append(self.norm_weight)
+            if not getattr(self.config, "ghc_scale_weight_decay", False):
+                no_decay += [self.dynamic_alpha_scale, self.dynamic_beta_scale]
+        for p in no_decay:
+            setattr(p, NO_WEIGHT_DECAY_ATTR, True)
 
     # ------------------------------------------------------------------ coefficients
     def _compute_dtype(self, dtype: torch.dtype) -> torch.dtype:

@@ -110,6 +110,12 @@ class _PlaceholderFinder:
             setattr(sys.modules[parent], child, module)
 
 
+def _drop_te_probe_records(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (record.levelno <= logging.INFO and message.startswith("Import of")
+                and "transformer_engine" in message)
+
+
 def _missing_packages() -> list[str]:
     return [p for p in OPTIONAL_PACKAGES if importlib.util.find_spec(p) is None]
 
@@ -149,8 +155,9 @@ def apply() -> None:
         return
     missing = _missing_packages()
     if missing:
-        # Bridge logs each probe of an absent TE symbol with a full traceback at INFO level.
-        logging.getLogger("megatron.bridge.utils.import_utils").setLevel(logging.WARNING)
+        # Bridge logs each probe of an absent TE symbol with a full traceback at INFO level (and
+        # later resets logger levels), so drop exactly those records with a filter.
+        logging.getLogger("megatron.bridge.utils.import_utils").addFilter(_drop_te_probe_records)
     _apply(missing)
     _state["applied"] = True
 

@@ -74,7 +74,7 @@ def cpu_pretrain_container(
     """A ConfigContainer for CPU runs: gloo, fp32, plain Adam, mock data (NullTokenizer)."""
     output_dir = output_dir or default_output_dir(name)
     model.seq_length = seq_length
-    return ConfigContainer(
+    cfg = ConfigContainer(
         model=model,
         train=TrainingConfig(train_iters=train_iters, global_batch_size=global_batch_size,
                              micro_batch_size=micro_batch_size),
@@ -100,3 +100,8 @@ def cpu_pretrain_container(
         dist=DistributedInitConfig(distributed_backend="gloo"),
         mixed_precision=None,
     )
+    if hasattr(model, "virtual_width_n"):  # VWN weight-decay groups (nemo_vwn.optim)
+        from nemo_vwn.bridge.optim import VWNOptimizerConfigOverrideProvider
+
+        cfg.optimizer_config_override_provider = VWNOptimizerConfigOverrideProvider()
+    return cfg
