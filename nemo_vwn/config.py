@@ -54,6 +54,11 @@ class VWNConfigMixin:
     """[choice] Weight decay on the DGHC scales S_A, S_B (default: none, as for norm gains). The
     static A/B never decay; the dynamic projections W_A, W_B always do (nemo_vwn.optim)."""
 
+    ghc_recompute: bool = False
+    """Selective recompute of GHC: the read (per-slot norm, dynamic coefficients, width
+    connection) is recomputed in backward instead of storing its intermediates; only the layer's
+    wide input is kept (vwn-method.md section 6)."""
+
     ghc_impl: str = "torch"
     """GHC implementation: "torch" (reference and fallback)."""
 

@@ -34,6 +34,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
 # Parameters carrying this attribute get no weight decay (nemo_vwn.optim adds the override).
@@ -77,6 +78,7 @@ class GHC(MegatronModule):
         self.d = config.ghc_segment_size
         self.dynamic = bool(config.ghc_dynamic)
         self.fp32 = bool(config.ghc_fp32_coefficients)
+        self.recompute = bool(getattr(config, "ghc_recompute", False))
         self.eps = config.layernorm_epsilon
         n, m, d = self.n, self.m, self.d
 
@@ -145,7 +147,17 @@ class GHC(MegatronModule):
         """Backbone input from the wide state (eq. 1) plus the state ``write`` needs.
 
         hidden_states: [s, b, n*d]  ->  x: [s, b, D] (D = m*d), GHCState
+
+        With ``ghc_recompute`` the whole read runs under megatron's activation checkpoint: backward
+        keeps only ``hidden_states`` and recomputes the norm, coefficients and M = Aᵀ H.
         """
+        if self.recompute and torch.is_grad_enabled():
+            x, carry, beta = tensor_parallel.checkpoint(self._read, False, hidden_states)
+        else:
+            x, carry, beta = self._read(hidden_states)
+        return x, GHCState(carry=carry, beta=beta)
+
+    def _read(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         s, b, width = hidden_states.shape
         if width != self.n * self.d:
             raise ValueError(
@@ -159,7 +171,7 @@ class GHC(MegatronModule):
         # see the same layouts as in a stock layer and n == m reproduces stock gradients exactly.)
         M = torch.matmul(alpha.transpose(-1, -2), Hc)
         x = M[:, :, : self.m].reshape(s, b, self.m * self.d).to(hidden_states.dtype).contiguous()
-        return x, GHCState(carry=M[:, :, self.m :], beta=beta)
+        return x, M[:, :, self.m :], beta
 
     def write(self, branch_output: Tensor, state: GHCState) -> Tensor:
         """Merge the branch output back into the wide state (eq. 3): H' = Bᵀ Z + A_carryᵀ H.

@@ -177,3 +177,26 @@ def test_read_rejects_wrong_width():
     ghc = make_ghc(2, 3)
     with pytest.raises(ValueError, match="width n\\*d"):
         ghc.read(torch.randn(2, 2, 2 * ghc.d))
+
+
+def test_recompute_gives_identical_gradients_and_saves_activations(megatron_cpu):
+    """ghc_recompute: the same gradients bit for bit, fewer bytes kept for backward."""
+    from nemo_vwn.profiling import saved_activation_bytes
+    from nemo_vwn.testing.models import build_vwn_gpt, causal_mask, make_batch
+
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = build_vwn_gpt(vwn_config(n=8, m=2, ghc_recompute=recompute))
+        if recompute:
+            model.load_state_dict(results[False]["state"])
+        input_ids, position_ids, labels = make_batch(batch_size=2)
+        saved = saved_activation_bytes(
+            model, lambda: model(input_ids, position_ids, causal_mask(), labels=labels))
+        results[recompute] = dict(
+            state=model.state_dict(), saved=saved,
+            grads={n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in results[False]["grads"].items():
+        assert torch.equal(grad, results[True]["grads"][name]), name
+    assert results[True]["saved"] < 0.85 * results[False]["saved"], (
+        results[True]["saved"], results[False]["saved"])
