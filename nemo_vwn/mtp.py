@@ -91,6 +91,16 @@ class VWNMultiTokenPredictionBlock(MegatronModule):
             for j in range(num_built)
         )
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: Optional[dict] = None):
+        """Each depth under ``{prefix}layers.{j}.``, its TP-sharded layer handled by the layer
+        itself (megatron's default would treat the whole ModuleList as replicated)."""
+        sharded = {}
+        for j, layer in enumerate(self.layers):
+            sharded.update(layer.sharded_state_dict(f"{prefix}layers.{j}.", sharded_offsets,
+                                                    metadata))
+        return sharded
+
     def forward(
         self,
         input_ids: Tensor,
