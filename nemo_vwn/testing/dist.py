@@ -39,6 +39,7 @@ def _child(rank: int, world_size: int, target: str, kwargs: dict, port: int, out
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"] = str(rank)
+    os.environ["LOCAL_RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     result: dict[str, Any]
     try:
