@@ -177,3 +177,20 @@ def test_vocab_size_too_small(tmp_path):
 def test_load_manifest_of_a_non_dataset(tmp_path):
     with pytest.raises(DataError, match="is not a built dataset"):
         load_manifest(tmp_path)
+
+
+def test_read_back_check_catches_a_corrupted_bin(tmp_path):
+    from nemo_vwn.data.errors import VerificationError
+    from nemo_vwn.data.indexed import verify_indexed, write_documents
+
+    docs = [[5, 6, 7], [8], [9, 10]]
+    written = write_documents(str(tmp_path / "d"), docs, eod_id=0, vocab_size=300)
+    assert written.lengths.tolist() == [4, 2, 3] and written.num_tokens == 9
+    verify_indexed(written, eod_id=0)
+    data = bytearray((tmp_path / "d.bin").read_bytes())
+    data[2] ^= 1  # second token of the first document (uint16)
+    (tmp_path / "d.bin").write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match="differ from the tokens written"):
+        verify_indexed(written, eod_id=0)
+    with pytest.raises(DataError, match=r"token id out of range \[0, 300\)"):
+        write_documents(str(tmp_path / "e"), [[1, 300]], eod_id=0, vocab_size=300)
