@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -178,6 +179,7 @@ def build_dataset(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
+        staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it 0700; publish like mkdir
         say(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on {corpus.describe()}")
         first_pass = _Tally()
         bpe = tok.train_bpe(first_pass(corpus), vocab_size, min_frequency=min_frequency)
@@ -226,6 +228,12 @@ def build_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:

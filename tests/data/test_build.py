@@ -61,6 +61,8 @@ def test_manifest_file_round_trips_and_names_relative_paths(small_dataset):
     assert manifest.corpus["kind"] == "python-stdlib"
     assert manifest.vocab_size == len(_hf(manifest)) <= 1024
     assert (manifest.eod_id, manifest.pad_id) == (0, 1)
+    mode = Path(manifest.output_dir).stat().st_mode & 0o777
+    assert mode == Path(manifest.output_dir, "tokenizer").stat().st_mode & 0o777  # not mkdtemp's 0700
 
 
 def test_tokenizer_round_trips_real_text(small_dataset):
@@ -194,3 +196,21 @@ def test_read_back_check_catches_a_corrupted_bin(tmp_path):
         verify_indexed(written, eod_id=0)
     with pytest.raises(DataError, match=r"token id out of range \[0, 300\)"):
         write_documents(str(tmp_path / "e"), [[1, 300]], eod_id=0, vocab_size=300)
+
+
+def test_loading_the_tokenizer_makes_no_network_call(small_dataset, monkeypatch):
+    """Even with offline mode off, loading the local directory opens no connection."""
+    import socket
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    manifest, _ = small_dataset
+    assert len(_hf(manifest)) == manifest.vocab_size
