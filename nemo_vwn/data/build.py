@@ -243,7 +243,11 @@ def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:
         retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
         retired.rmdir()
         output_dir.rename(retired)
-        staging.rename(output_dir)
+        try:
+            staging.rename(output_dir)
+        except BaseException:
+            retired.rename(output_dir)  # put the previous dataset back
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(output_dir)

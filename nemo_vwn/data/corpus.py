@@ -64,7 +64,8 @@ def stdlib_files(root: Optional[PathLike] = None) -> list[Path]:
     files = []
     for path in root.rglob("*.py"):
         rel = path.relative_to(root)
-        if STDLIB_SKIP_DIRS.intersection(rel.parts[:-1]) or any(p.startswith(".") for p in rel.parts):
+        hidden = any(part.startswith(".") for part in rel.parts)
+        if hidden or STDLIB_SKIP_DIRS.intersection(rel.parts[:-1]):
             continue
         if path.is_file():
             files.append(path)
@@ -186,9 +187,9 @@ class Corpus:
             iteration for unreadable or malformed files.
     """
 
-    def __init__(self, paths: Optional[Sequence[PathLike]] = None, *, max_docs: Optional[int] = None,
-                 max_chars: Optional[int] = None, text_key: str = "text",
-                 stdlib_root: Optional[PathLike] = None) -> None:
+    def __init__(self, paths: Optional[Sequence[PathLike]] = None, *,
+                 max_docs: Optional[int] = None, max_chars: Optional[int] = None,
+                 text_key: str = "text", stdlib_root: Optional[PathLike] = None) -> None:
         for name, value in (("max_docs", max_docs), ("max_chars", max_chars)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise CorpusError(f"{name} must be a positive integer or None, got {value!r}")

@@ -12,7 +12,7 @@ class CorpusError(DataError):
 
 
 class OutputExistsError(DataError):
-    """The output directory exists and ``overwrite`` was not given (or it is not ours to replace)."""
+    """The output exists and ``overwrite`` was not given, or it is not a dataset we may replace."""
 
 
 class VerificationError(DataError):

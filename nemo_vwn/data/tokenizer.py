@@ -32,7 +32,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def check_vocab_size(vocab_size: int) -> None:
     """Raise ``DataError`` unless ``vocab_size`` is an int of at least ``MIN_VOCAB_SIZE``."""
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
+    is_int = isinstance(vocab_size, int) and not isinstance(vocab_size, bool)
+    if not is_int or vocab_size < MIN_VOCAB_SIZE:
         raise DataError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE} (256 bytes + "
                         f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size!r}")
 

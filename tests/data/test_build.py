@@ -62,7 +62,8 @@ def test_manifest_file_round_trips_and_names_relative_paths(small_dataset):
     assert manifest.vocab_size == len(_hf(manifest)) <= 1024
     assert (manifest.eod_id, manifest.pad_id) == (0, 1)
     mode = Path(manifest.output_dir).stat().st_mode & 0o777
-    assert mode == Path(manifest.output_dir, "tokenizer").stat().st_mode & 0o777  # not mkdtemp's 0700
+    # published like a plain mkdir, not with mkdtemp's 0700
+    assert mode == Path(manifest.output_dir, "tokenizer").stat().st_mode & 0o777
 
 
 def test_tokenizer_round_trips_real_text(small_dataset):
