@@ -20,6 +20,7 @@ setup(
     packages=[
         "nemo_vwn",
         "nemo_vwn.bridge",
+        "nemo_vwn.data",
         "nemo_vwn.testing",
         "nemo_vwn.patches",
         "nemo_vwn.recipes",
