@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Optional, Sequence
 
 from nemo_vwn.runtime import ensure_process_env, prepare_runtime  # noqa: F401  (re-exported)
@@ -49,18 +51,63 @@ def _check_override_key(cfg, key: str) -> None:
         node, path = getattr(node, part), path + [part]
 
 
-def run_pretrain(cfg, forward_step=None) -> None:
-    """Train ``cfg`` with Bridge's ``pretrain()`` and its GPT forward step."""
+def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
+                 forward_step=None) -> None:
+    """Train ``cfg`` with Bridge's ``pretrain()`` and its GPT forward step.
+
+    Progress (with ETA) is printed on rank 0; with ``output_dir`` the run is described in
+    ``<output_dir>/run.json`` and every rank's losses go to ``<output_dir>/records/``.
+    """
     from megatron.bridge.training.gpt_step import forward_step as gpt_forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    pretrain(cfg, forward_step or gpt_forward_step)
+    from nemo_vwn.bridge.progress import ProgressRecorder
+
+    train_iters = cfg.train.train_iters
+    recorder = ProgressRecorder(
+        forward_step or gpt_forward_step, train_iters,
+        record_dir=os.path.join(output_dir, "records") if output_dir else None,
+        interval=max(1, train_iters // 20), label=label,
+    )
+    if output_dir and int(os.environ.get("RANK", 0)) == 0:
+        write_run_description(cfg, output_dir, label)
+    try:
+        pretrain(cfg, recorder.wrapped)
+    finally:
+        recorder.write()
 
 
-def build_recipe(name: str, output_dir: Optional[str] = None, overrides: Sequence[str] = ()):
-    """The ConfigContainer of recipe ``name`` with overrides applied."""
+def write_run_description(cfg, output_dir: str, label: str) -> str:
+    """``run.json``: what nemo_vwn.results needs to turn loss records into loss-vs-tokens."""
+    model = cfg.model
+    seq_length = cfg.dataset.seq_length if cfg.dataset is not None else model.seq_length
+    vwn = {f: getattr(model, f) for f in ("virtual_width_m", "virtual_width_n", "ghc_dynamic",
+                                          "vwn_embedding", "vwn_collapse") if hasattr(model, f)}
+    description = dict(
+        recipe=label, provider=type(model).__name__, vwn=vwn or None,
+        seq_length=seq_length, global_batch_size=cfg.train.global_batch_size,
+        tokens_per_iteration=seq_length * cfg.train.global_batch_size,
+        train_iters=cfg.train.train_iters, num_layers=model.num_layers,
+        hidden_size=model.hidden_size, num_moe_experts=model.num_moe_experts,
+        mtp_num_layers=model.mtp_num_layers,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "run.json")
+    with open(path, "w") as handle:
+        json.dump(description, handle, indent=2)
+    return path
+
+
+def build_recipe(name: str, output_dir: Optional[str] = None, overrides: Sequence[str] = (),
+                 data_dir: Optional[str] = None):
+    """The ConfigContainer of recipe ``name``: on a built dataset (``data_dir``, else the recipe's
+    own data), then the command-line overrides."""
     from nemo_vwn.recipes import get_recipe
 
     recipe = get_recipe(name)
     cfg = recipe(output_dir=output_dir) if output_dir else recipe()
+    if data_dir:
+        from nemo_vwn.data.bridge import use_dataset
+
+        use_dataset(cfg, data_dir)
     return apply_overrides(cfg, overrides)

@@ -1,0 +1,156 @@
+"""Loss curves of training runs, VWN vs baseline: merging records, tokens-to-reach, table, plot.
+
+Input: the per-rank ``losses.rank<R>.json`` files ``ProgressRecorder`` writes and the ``run.json``
+the pretrain command writes next to them (tokens per iteration, recipe, VWN fields).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+@dataclass
+class RunCurve:
+    name: str
+    tokens_per_iteration: int
+    iterations: list = field(default_factory=list)  # training iterations, ascending
+    train_loss: list = field(default_factory=list)  # token-weighted mean loss per iteration
+    eval_iterations: list = field(default_factory=list)
+    eval_loss: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> list:
+        return [i * self.tokens_per_iteration for i in self.iterations]
+
+    def final_train_loss(self, window: int) -> float:
+        tail = self.train_loss[-window:]
+        return sum(tail) / len(tail)
+
+
+def _merge(records_by_rank: Sequence[dict], key: str):
+    """{iteration: (loss sum, tokens)} over the ranks that hold distinct losses: last pipeline
+    stage, tensor-parallel rank 0 (TP ranks see the same tokens), every data-parallel rank."""
+    merged: dict[int, list] = {}
+    for data in records_by_rank:
+        layout = data.get("parallel", {})
+        if not layout.get("pp_last", True) or layout.get("tp", 0) != 0:
+            continue
+        for iteration, loss_sum, tokens in data[key]:
+            entry = merged.setdefault(int(iteration), [0.0, 0])
+            entry[0] += loss_sum
+            entry[1] += tokens
+    return {i: (s, t) for i, (s, t) in sorted(merged.items()) if t > 0}
+
+
+def load_run(run_dir: str, name: Optional[str] = None) -> RunCurve:
+    """Read a run directory written by ``nemo-vwn pretrain`` (``run.json`` + ``records/``)."""
+    with open(os.path.join(run_dir, "run.json")) as handle:
+        meta = json.load(handle)
+    files = sorted(glob.glob(os.path.join(run_dir, "records", "losses.rank*.json")))
+    if not files:
+        raise FileNotFoundError(f"no loss records under {run_dir}/records (did the run finish?)")
+    data = [json.load(open(path)) for path in files]
+    curve = RunCurve(name=name or meta.get("recipe", os.path.basename(run_dir)),
+                     tokens_per_iteration=int(meta["tokens_per_iteration"]), meta=meta)
+    for iteration, (loss_sum, tokens) in _merge(data, "train").items():
+        curve.iterations.append(iteration)
+        curve.train_loss.append(loss_sum / tokens)
+    for iteration, (loss_sum, tokens) in _merge(data, "eval").items():
+        curve.eval_iterations.append(iteration)
+        curve.eval_loss.append(loss_sum / tokens)
+    return curve
+
+
+def smooth(values: Sequence[float], window: int) -> list:
+    """Trailing moving average (the first points average what exists)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def tokens_to_reach(curve: RunCurve, target: float, window: int) -> Optional[int]:
+    """Tokens after which the smoothed training loss first drops to ``target`` (None: never)."""
+    for tokens, loss in zip(curve.tokens, smooth(curve.train_loss, window)):
+        if loss <= target:
+            return tokens
+    return None
+
+
+def compare(vwn: RunCurve, baseline: RunCurve, window: int = 10) -> dict:
+    """Final losses, their difference, and the token efficiency of VWN vs its baseline twin."""
+    base_final = smooth(baseline.train_loss, window)[-1]
+    vwn_final = smooth(vwn.train_loss, window)[-1]
+    reach = tokens_to_reach(vwn, base_final, window)
+    base_tokens = baseline.tokens[-1]
+    return {
+        "baseline_final_train_loss": base_final,
+        "vwn_final_train_loss": vwn_final,
+        "delta_train_loss": vwn_final - base_final,
+        "baseline_final_eval_loss": baseline.eval_loss[-1] if baseline.eval_loss else None,
+        "vwn_final_eval_loss": vwn.eval_loss[-1] if vwn.eval_loss else None,
+        "baseline_tokens": base_tokens,
+        "vwn_tokens_to_reach_baseline_final": reach,
+        "token_ratio": (base_tokens / reach) if reach else None,
+        "smoothing_window": window,
+    }
+
+
+def markdown_table(summary: dict, vwn_name: str, base_name: str) -> str:
+    def fmt(value, spec=".4f"):
+        return "-" if value is None else format(value, spec)
+
+    reach = summary["vwn_tokens_to_reach_baseline_final"]
+    rows = [
+        ("final train loss (smoothed)", fmt(summary["baseline_final_train_loss"]),
+         fmt(summary["vwn_final_train_loss"])),
+        ("final validation loss", fmt(summary["baseline_final_eval_loss"]),
+         fmt(summary["vwn_final_eval_loss"])),
+        ("tokens trained", f"{summary['baseline_tokens']:,}", f"{summary['baseline_tokens']:,}"),
+        ("tokens to reach the baseline's final train loss", f"{summary['baseline_tokens']:,}",
+         "not reached" if reach is None else f"{reach:,}"),
+    ]
+    lines = [f"| | {base_name} (baseline) | {vwn_name} (VWN) |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    ratio = summary["token_ratio"]
+    lines.append("")
+    lines.append(f"delta train loss (VWN - baseline): {summary['delta_train_loss']:+.4f}; "
+                 + (f"token efficiency: VWN reaches the baseline's final loss with "
+                    f"{ratio:.2f}x fewer tokens" if ratio else
+                    "VWN did not reach the baseline's final loss in this run"))
+    return "\n".join(lines)
+
+
+def plot(curves: Sequence[RunCurve], path: str, window: int = 10, title: str = "") -> str:
+    """Loss vs tokens (smoothed training loss as lines, validation loss as markers) -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for curve in curves:
+        line, = ax.plot(curve.tokens, smooth(curve.train_loss, window),
+                        label=f"{curve.name} train (smoothed {window})")
+        if curve.eval_loss:
+            ax.plot([i * curve.tokens_per_iteration for i in curve.eval_iterations],
+                    curve.eval_loss, "o--", color=line.get_color(), markersize=4,
+                    label=f"{curve.name} validation")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title or "loss vs tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,59 @@
+"""Loss records -> curves -> VWN vs baseline summary (synthetic records, exact numbers)."""
+
+import json
+
+import pytest
+
+from nemo_vwn import results
+
+
+def write_run(path, tokens_per_iteration, ranks):
+    (path / "records").mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"recipe": path.name,
+                                               "tokens_per_iteration": tokens_per_iteration}))
+    for rank, (layout, train, evals) in enumerate(ranks):
+        (path / "records" / f"losses.rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "parallel": layout, "train": train, "eval": evals}))
+
+
+def test_merge_weights_by_tokens_and_skips_duplicate_ranks(tmp_path):
+    dp0 = {"tp": 0, "dp": 0, "pp_last": True}
+    dp1 = {"tp": 0, "dp": 1, "pp_last": True}
+    tp1 = {"tp": 1, "dp": 0, "pp_last": True}  # a TP replica: same tokens as tp 0, ignored
+    first = {"tp": 0, "dp": 0, "pp_last": False}  # a first pipeline stage: no losses
+    write_run(tmp_path / "run", 100, [
+        (dp0, [[1, 40.0, 10], [2, 30.0, 10]], [[2, 25.0, 10]]),
+        (dp1, [[1, 20.0, 10], [2, 10.0, 10]], []),
+        (tp1, [[1, 999.0, 10], [2, 999.0, 10]], []),
+        (first, [], []),
+    ])
+    curve = results.load_run(str(tmp_path / "run"))
+    assert curve.iterations == [1, 2]
+    assert curve.train_loss == [3.0, 2.0]  # (40 + 20) / 20, (30 + 10) / 20
+    assert curve.tokens == [100, 200]
+    assert curve.eval_iterations == [2] and curve.eval_loss == [2.5]
+
+
+def test_smoothing_and_tokens_to_reach():
+    assert results.smooth([4, 2, 6, 0], 2) == [4, 3, 4, 3]
+    curve = results.RunCurve("vwn", 10, iterations=[1, 2, 3, 4], train_loss=[5, 4, 3, 2])
+    assert results.tokens_to_reach(curve, 3.0, window=1) == 30
+    assert results.tokens_to_reach(curve, 1.0, window=1) is None
+
+
+def test_compare_reports_token_efficiency():
+    base = results.RunCurve("base", 10, iterations=[1, 2, 3, 4], train_loss=[5, 4, 3.5, 3])
+    vwn = results.RunCurve("vwn", 10, iterations=[1, 2, 3, 4], train_loss=[5, 3.5, 3, 2.5])
+    summary = results.compare(vwn, base, window=1)
+    assert summary["delta_train_loss"] == pytest.approx(-0.5)
+    assert summary["vwn_tokens_to_reach_baseline_final"] == 30
+    assert summary["token_ratio"] == pytest.approx(40 / 30)
+    table = results.markdown_table(summary, "vwn", "base")
+    assert "1.33x fewer tokens" in table and "| 30 |" in table
+
+
+def test_plot_writes_a_png(tmp_path):
+    base = results.RunCurve("base", 10, iterations=[1, 2, 3], train_loss=[5, 4, 3],
+                            eval_iterations=[3], eval_loss=[3.2])
+    path = results.plot([base], str(tmp_path / "plot.png"), window=1)
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
