@@ -2,7 +2,7 @@
 
 Runs in a subprocess (pretrain() initialises torch.distributed itself; the pytest process already
 holds a gloo group from other tests). It takes about 25 s on 2 cores, mostly imports, so it is
-opt-in to keep the data tests fast: ``NEMO_VWN_E2E=1 pytest tests/data``.
+part of the full suite (about 30 s).
 """
 
 import math
@@ -12,9 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
-pytestmark = pytest.mark.skipif(os.environ.get("NEMO_VWN_E2E") != "1",
-                                reason="end-to-end pretrain() run; set NEMO_VWN_E2E=1")
 
 SCRIPT = r"""
 import sys
