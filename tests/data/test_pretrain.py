@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 SCRIPT = r"""
 import sys
