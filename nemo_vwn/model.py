@@ -67,6 +67,7 @@ class VWNGPTModel(GPTModel):
                     "(nemo_vwn.runtime.prepare_runtime() and VWNModelProvider do it)"
                 )
         block_spec = as_vwn_block_spec(transformer_layer_spec, config, vp_stage=arguments["vp_stage"])
+        _check_context_parallel_attention(block_spec, config)
         arguments["transformer_layer_spec"] = block_spec
         arguments["mtp_block_spec"] = None  # VWN builds its own MTP block (below)
         # GPTModel's constructor syncs embedding copies across pipeline stages; that must happen
@@ -150,6 +151,24 @@ class VWNGPTModel(GPTModel):
                 )  # [(1 + k) * s, b, D], the layout process_mtp_loss splits
         kwargs["mtp_in_postprocess"] = False
         return super()._postprocess(hidden_states, **kwargs)
+
+
+def _check_context_parallel_attention(block_spec, config) -> None:
+    """CP shards the wide state along the sequence like the residual (GHC is per token); the
+    attention must be context-parallel too, which megatron's local attention is not."""
+    if config.context_parallel_size <= 1:
+        return
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    for spec in block_spec.layer_specs:
+        attention = getattr(getattr(spec.submodules, "self_attention", None), "submodules", None)
+        if getattr(attention, "core_attention", None) is DotProductAttention:
+            raise VWNConfigError(
+                f"context_parallel_size={config.context_parallel_size} needs a context-parallel "
+                "attention: Transformer Engine's TEDotProductAttention (use a TE spec, "
+                "use_transformer_engine=True, on a GPU machine with TE installed); megatron's "
+                "local DotProductAttention supports context_parallel_size=1 only"
+            )
 
 
 def _check_mtp_placement(model, config) -> None:

@@ -156,3 +156,16 @@ def test_tiny_vwn_moe_trains(megatron_cpu):
     # DGHC parameters moved away from their init (they get gradients and are trained)
     ghc = model.decoder.layers[0].mlp_ghc
     assert ghc.dynamic_alpha_proj.abs().max() > 0
+
+
+def test_context_parallel_needs_a_context_parallel_attention(megatron_cpu):
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from nemo_vwn import VWNConfigError
+    from unittest import mock
+
+    config = vwn_config(n=4, m=2, context_parallel_size=2)
+    with mock.patch.object(GPTModel, "__init__", side_effect=AssertionError("allocated")):
+        with pytest.raises(VWNConfigError, match="context_parallel_size=2 needs a context-parallel "
+                                                 "attention: Transformer Engine"):
+            build_vwn_gpt(config)

@@ -6,57 +6,13 @@ import pytest
 import torch
 
 from nemo_vwn.testing.models import build_vwn_gpt, causal_mask, make_batch, vwn_config
-
-
-def _shift_left(t):
-    """Tokens t+1 at position t; the vacated last position is 0 (and masked out)."""
-    out = torch.zeros_like(t)
-    out[:, :-1] = t[:, 1:]
-    return out
-
-
-def _rms(x, weight, eps):
-    return x / torch.sqrt((x.float() ** 2).mean(-1, keepdim=True) + eps) * weight
+from nemo_vwn.testing.mtp_reference import mtp_reference_terms
 
 
 def reference_losses(model, batch, mask):
-    """Main per-token loss and the k MTP losses, computed from the equations. The reference
-    reuses the model's embedding, layers, collapse+norm and LM head; the MTP-specific parts
-    (shifting, the two norms, the block-wise Linear(2d -> d), the masked loss) are its own."""
-    config = model.config
-    n, d, k = config.virtual_width_n, config.ghc_segment_size, config.mtp_num_layers
-    input_ids, position_ids, labels = batch
-    s = input_ids.shape[1]
-    rotary = model.rotary_pos_emb(s)
-
-    def head(wide):
-        logits = model.output_layer(model.decoder.final_layernorm(wide))[0]  # [s, b, V]
-        return logits.float().transpose(0, 1)  # [b, s, V]
-
-    wide = model.embedding(input_ids, position_ids)
-    for layer in model.decoder.layers:
-        wide, _ = layer(hidden_states=wide, attention_mask=mask, rotary_pos_emb=rotary)
-    main = torch.nn.functional.cross_entropy(head(wide).flatten(0, 1), labels.flatten(),
-                                             reduction="none").view(labels.shape)
-    mtp_losses = []
-    hidden, ids, pos, lab = wide, input_ids, position_ids, labels
-    for j in range(k):
-        ids, pos, lab = _shift_left(ids), _shift_left(pos), _shift_left(lab)
-        valid = (torch.arange(s) < s - 1 - j).to(torch.float32).expand_as(lab)
-        depth = model.mtp.layers[j]
-        hn = _rms(hidden, depth.hnorm.weight, config.layernorm_epsilon)
-        en = _rms(model.embedding(ids, pos), depth.enorm.weight, config.layernorm_epsilon)
-        W = depth.block_mixer.weight  # [d, 2d], one Linear shared by the slots
-        mixed = torch.cat([
-            torch.cat([hn[..., i * d:(i + 1) * d], en[..., i * d:(i + 1) * d]], dim=-1) @ W.T
-            for i in range(n)
-        ], dim=-1)
-        hidden, _ = depth.mtp_model_layer(hidden_states=mixed, attention_mask=mask,
-                                          rotary_pos_emb=rotary)
-        ce = torch.nn.functional.cross_entropy(head(hidden).flatten(0, 1), lab.flatten(),
-                                               reduction="none").view(lab.shape)
-        mtp_losses.append((ce * valid).sum() / valid.sum())
-    return main, mtp_losses
+    """Main per-token loss and the k MTP losses (each a mean over its valid positions)."""
+    main, terms = mtp_reference_terms(model, batch, mask)
+    return main, [(ce * valid).sum() / valid.sum() for ce, valid in terms]
 
 
 @pytest.mark.parametrize("k", [1, 2])

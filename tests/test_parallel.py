@@ -116,3 +116,22 @@ def test_ep2_x_pp2_moe():
         dict(name="r2 (2,4) MoE", n=4, m=2, moe=True),
         dict(name="r1.5 (2,3) MoE", n=3, m=2, moe=True, vwn_collapse="linear"),
     ])
+
+
+def test_cp2_matches_cp1():
+    """Context parallelism: the wide state is sharded along the sequence like the residual.
+    Attention under CP=2 is the CPU test scaffold (all-gathered K/V, nemo_vwn.testing); everything
+    else is the VWN model as built for training."""
+    cases = [dict(name="r2 (2,4)", n=4, m=2),
+             dict(name="r1.5 (2,3) MoE", n=3, m=2, moe=True, vwn_collapse="linear"),
+             dict(name="r2 (2,4) MTP k=2", n=4, m=2, mtp_num_layers=2)]
+    results = run_distributed(f"{WORKERS}:cp_parity", world_size=2, kwargs={"cases": cases},
+                              sys_path=[REPO_ROOT])
+    for rank_rows in results:
+        _report("CP=2 vs CP=1", rank_rows)
+        for row in rank_rows:
+            assert row["local_tokens"] == 8, row  # each rank holds half of the 16 tokens
+            assert row["loss_max_abs_diff"] < 1e-5, row
+            assert row["grad_max_rel_diff"] < 1e-4, row
+            if "MTP" in row["case"]:
+                assert row["mtp_loss_max_abs_diff"] < 1e-5, row
