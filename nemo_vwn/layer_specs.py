@@ -20,6 +20,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_decoder_block_spec,
     get_gpt_layer_local_spec,
 )
+from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import (
@@ -72,29 +73,53 @@ def _swap_local_norms(submodules):
     return dataclasses.replace(submodules, **changes) if changes else submodules
 
 
+def _vwn_layer_class(module):
+    """The VWN class wrapping an upstream layer class (None if there is none)."""
+    from megatron.core.ssm.mamba_layer import MambaLayer
+    from megatron.core.ssm.mlp_layer import MLPLayer
+    from megatron.core.transformer.transformer_layer import MoETransformerLayer
+
+    from nemo_vwn.layer import VWNMambaLayer, VWNMLPLayer, VWNMoETransformerLayer
+
+    return {TransformerLayer: VWNTransformerLayer, MoETransformerLayer: VWNMoETransformerLayer,
+            MLPLayer: VWNMLPLayer, MambaLayer: VWNMambaLayer}.get(module)
+
+
 def to_vwn_layer_spec(layer_spec: ModuleSpec) -> ModuleSpec:
-    """Turn an upstream GPT layer spec (TransformerLayer) into the VWN layer spec."""
-    if isinstance(layer_spec.module, type) and issubclass(layer_spec.module, VWNLayerMixin):
+    """Turn an upstream layer spec into its VWN spec: the VWN layer class, branch-only
+    bias+dropout, and one GHC per present sub-layer (attention, MLP/MoE, or a Mamba mixer).
+
+    Handles megatron's TransformerLayer, MoETransformerLayer, MLPLayer (hybrid stacks) and
+    MambaLayer; local norms become the sequence-parallel-capable torch norm.
+    """
+    from nemo_vwn.layer import VWNMambaLayer, VWNMambaLayerSubmodules
+
+    module = layer_spec.module
+    if isinstance(module, type) and (issubclass(module, VWNLayerMixin)
+                                     or issubclass(module, VWNMambaLayer)):
         return layer_spec
-    if not (isinstance(layer_spec.module, type) and issubclass(layer_spec.module, TransformerLayer)):
-        raise TypeError(f"expected a TransformerLayer spec, got module {layer_spec.module!r}")
-    if layer_spec.module is not TransformerLayer:
+    target = _vwn_layer_class(module) if isinstance(module, type) else None
+    if target is None:
         raise TypeError(
-            f"{layer_spec.module.__name__} layers are not wrapped by VWN yet; only TransformerLayer"
+            f"no VWN wrapper for layer module {module!r}; supported: TransformerLayer, "
+            "MoETransformerLayer, MLPLayer, MambaLayer"
         )
     base = _swap_local_norms(layer_spec.submodules)
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    fields.update(
-        self_attn_bda=get_bias_dropout_branch,
-        mlp_bda=get_bias_dropout_branch,
-        self_attention_ghc=ModuleSpec(module=GHC),
-        mlp_ghc=ModuleSpec(module=GHC),
-    )
-    return ModuleSpec(
-        module=VWNTransformerLayer,
-        params=dict(layer_spec.params),
-        submodules=VWNTransformerLayerSubmodules(**fields),
-    )
+    if target is VWNMambaLayer:
+        fields.update(mamba_bda=get_bias_dropout_branch, mixer_ghc=ModuleSpec(module=GHC))
+        submodules = VWNMambaLayerSubmodules(**fields)
+    else:
+        has_attention = base.self_attention is not IdentityOp
+        has_mlp = base.mlp is not IdentityOp
+        fields.update(
+            self_attn_bda=get_bias_dropout_branch if has_attention else base.self_attn_bda,
+            mlp_bda=get_bias_dropout_branch if has_mlp else base.mlp_bda,
+            self_attention_ghc=ModuleSpec(module=GHC) if has_attention else IdentityOp,
+            mlp_ghc=ModuleSpec(module=GHC) if has_mlp else IdentityOp,
+        )
+        submodules = VWNTransformerLayerSubmodules(**fields)
+    return ModuleSpec(module=target, params=dict(layer_spec.params), submodules=submodules)
 
 
 def get_vwn_layer_spec(

@@ -46,7 +46,36 @@ def require_vwn_config(config) -> None:
         )
 
 
-class VWNGPTModel(GPTModel):
+class VWNLanguageModelMixin:
+    """What every VWN language model does around its upstream constructor: the wide embedding
+    replaces the upstream D-wide one, and upstream's embedding/head setup (tags, cross-stage weight
+    sync) runs once, with the VWN modules in place."""
+
+    def _defer_embedding_setup(self, defer: bool) -> None:
+        object.__setattr__(self, "_vwn_defer_embedding_setup", defer)
+
+    def setup_embeddings_and_output_layer(self) -> None:
+        """Upstream's embedding/head setup, run once: after the VWN embedding (and MTP) exist, not
+        from inside the upstream constructor."""
+        if getattr(self, "_vwn_defer_embedding_setup", False):
+            return
+        super().setup_embeddings_and_output_layer()
+
+    def _install_wide_embedding(self, position_embedding_type, scatter_to_sequence_parallel):
+        if self.pre_process or getattr(self, "mtp_process", False):
+            self.embedding = VWNEmbedding(
+                config=self.config,
+                vocab_size=self.vocab_size,
+                max_sequence_length=self.max_sequence_length,
+                position_embedding_type=position_embedding_type,
+                scatter_to_sequence_parallel=scatter_to_sequence_parallel,
+                tp_group=self.pg_collection.tp,
+            )
+        if self.pre_process or self.post_process or getattr(self, "mtp_process", False):
+            self.setup_embeddings_and_output_layer()
+
+
+class VWNGPTModel(VWNLanguageModelMixin, GPTModel):
     """GPTModel with over-width embedding, GHC-wrapped layers and a collapse before the LM head."""
 
     def __init__(self, config, transformer_layer_spec, *args, **kwargs):
@@ -72,9 +101,9 @@ class VWNGPTModel(GPTModel):
         arguments["mtp_block_spec"] = None  # VWN builds its own MTP block (below)
         # GPTModel's constructor syncs embedding copies across pipeline stages; that must happen
         # once, with the VWN embedding and MTP in place (see setup_embeddings_and_output_layer).
-        object.__setattr__(self, "_vwn_defer_embedding_setup", True)
+        self._defer_embedding_setup(True)
         super().__init__(**arguments)
-        object.__setattr__(self, "_vwn_defer_embedding_setup", False)
+        self._defer_embedding_setup(False)
 
         if config.mtp_num_layers:
             self.mtp_process = mtp_on_this_rank(
@@ -90,24 +119,8 @@ class VWNGPTModel(GPTModel):
                     pg_collection=self.pg_collection,
                 )
 
-        if self.pre_process or self.mtp_process:
-            self.embedding = VWNEmbedding(
-                config=self.config,
-                vocab_size=self.vocab_size,
-                max_sequence_length=self.max_sequence_length,
-                position_embedding_type=arguments["position_embedding_type"],
-                scatter_to_sequence_parallel=arguments["scatter_embedding_sequence_parallel"],
-                tp_group=self.pg_collection.tp,
-            )
-        if self.pre_process or self.post_process or self.mtp_process:
-            self.setup_embeddings_and_output_layer()
-
-    def setup_embeddings_and_output_layer(self) -> None:
-        """Upstream's embedding/head setup (tags, cross-stage weight sync), run once: after the
-        VWN embedding and MTP block exist, not from inside GPTModel's constructor."""
-        if getattr(self, "_vwn_defer_embedding_setup", False):
-            return
-        super().setup_embeddings_and_output_layer()
+        self._install_wide_embedding(arguments["position_embedding_type"],
+                                     arguments["scatter_embedding_sequence_parallel"])
 
     # ------------------------------------------------------------------ multi-token prediction
     def _runs_vwn_mtp(self) -> bool:

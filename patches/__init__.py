@@ -14,12 +14,13 @@ Registry:
     bridge_imports  runtime: Bridge imports TE/NVRx unguarded (CPU machines)
     bridge_cpu      runtime: Bridge setup asserts CUDA / compiles helpers / warms CUDA JIT
     bridge_provider runtime: GPTModelProvider.provide() hard-codes megatron's GPTModel
+    hybrid_local_norm drop-in: HybridStack hard-codes TENorm as its final norm
 """
 
 from importlib import import_module
 
 PATCHES = ("cpu_runtime", "sp_torch_norm", "pipeline_shapes", "bridge_imports", "bridge_cpu",
-           "bridge_provider")
+           "bridge_provider", "hybrid_local_norm")
 
 
 def describe() -> list[tuple[str, str, str]]:

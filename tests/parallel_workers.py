@@ -12,7 +12,9 @@ import torch.distributed as dist
 from nemo_vwn.testing.cpu import init_cpu_distributed, set_parallel_layout
 from nemo_vwn.testing.models import (
     build_stock_gpt,
+    build_stock_hybrid,
     build_vwn_gpt,
+    build_vwn_hybrid,
     causal_mask,
     make_batch,
     stock_config,
@@ -58,9 +60,13 @@ def _case_config(case, **parallel):
     return vwn_config(n=n, m=m, moe=moe, **kwargs, **parallel)
 
 
-def _build(config, **kwargs):
-    builder = build_vwn_gpt if hasattr(config, "virtual_width_n") else build_stock_gpt
-    return builder(config, **kwargs)
+def _build(config, pattern=None, **kwargs):
+    """A VWN or stock GPT model; a hybrid model when a layer ``pattern`` is given."""
+    vwn = hasattr(config, "virtual_width_n")
+    if pattern:
+        kwargs.pop("vp_stage", None)
+        return (build_vwn_hybrid if vwn else build_stock_hybrid)(config, pattern, **kwargs)
+    return (build_vwn_gpt if vwn else build_stock_gpt)(config, **kwargs)
 
 
 def tp_parity(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
@@ -174,13 +180,15 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
     for case in cases:
         case = dict(case)
         microbatches = case.pop("microbatches", 4)
+        pattern = case.pop("pattern", None)  # hybrid model; "|" marks pipeline stage breaks
         seq, mbs = 16, 2
         batches = [make_batch(batch_size=mbs, seq=seq, seed=200 + i) for i in range(microbatches)]
         mask = causal_mask(seq)
 
         set_parallel_layout(seed=SEED)
         MTPLossLoggingHelper.tracker.clear()
-        reference = _build(_case_config(case))
+        reference = _build(_case_config(case),
+                           pattern=pattern.replace("|", "") if pattern else None)
         full_state = {k: v.detach().clone() for k, v in reference.named_parameters()}
         ref_losses = []
         for input_ids, position_ids, labels in batches:
@@ -215,7 +223,7 @@ def layout_parity(rank: int, world_size: int, layout: dict, cases: list[dict]) -
         for vp_stage in range(vpp or 1):
             first = pp_rank == 0 and vp_stage == 0
             last = pp_rank == pp - 1 and vp_stage == (vpp or 1) - 1
-            chunks.append(_build(config, pre_process=first, post_process=last,
+            chunks.append(_build(config, pattern=pattern, pre_process=first, post_process=last,
                                  vp_stage=vp_stage if vpp else None))
         num_local = (config.num_moe_experts // ep) if config.num_moe_experts else None
         for chunk in chunks:

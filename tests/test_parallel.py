@@ -135,3 +135,17 @@ def test_cp2_matches_cp1():
             assert row["grad_max_rel_diff"] < 1e-4, row
             if "MTP" in row["case"]:
                 assert row["mtp_loss_max_abs_diff"] < 1e-5, row
+
+
+def test_hybrid_pp2_and_tp2():
+    """VWNHybridModel: PP=2 through the real schedules ('|' stage breaks) and TP=2+SP."""
+    rows = _run_layout({"pp": 2}, 2, [
+        dict(name="stock hybrid (control)", stock=True, num_layers=4, pattern="*-|*-"),
+        dict(name="r2 *E|*-", n=4, m=2, moe=True, num_layers=4, pattern="*E|*-"),
+    ])
+    assert {row["pp_rank"]: row["layers"] for row in rows if row["case"] == "r2 *E|*-"} == {
+        0: ["0", "1"], 1: ["2", "3"]}
+    _run_layout({"tp": 2, "sp": True}, 2, [
+        dict(name="r1.5 *-E*", n=3, m=2, moe=True, num_layers=4, pattern="*-E*",
+             vwn_collapse="linear"),
+    ])

@@ -83,3 +83,25 @@ def causal_mask(seq: int = SEQ) -> torch.Tensor:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_vwn_hybrid(config, pattern: str, vocab_size: int = VOCAB, seq: int = SEQ, **kwargs):
+    """A VWNHybridModel from the local VWN hybrid stack (``pattern`` like "*-*E")."""
+    from nemo_vwn import VWNHybridModel, get_vwn_hybrid_stack_spec
+
+    kwargs.setdefault("position_embedding_type", "rope")
+    return VWNHybridModel(config, get_vwn_hybrid_stack_spec(use_transformer_engine=False),
+                          vocab_size=vocab_size, max_sequence_length=seq,
+                          hybrid_layer_pattern=pattern, **kwargs)
+
+
+def build_stock_hybrid(config, pattern: str, vocab_size: int = VOCAB, seq: int = SEQ, **kwargs):
+    """megatron's HybridModel from local modules (the TE-free stack of nemo_vwn.hybrid_specs)."""
+    from megatron.core.models.hybrid.hybrid_model import HybridModel
+
+    from nemo_vwn.hybrid_specs import local_hybrid_stack_spec
+
+    kwargs.setdefault("position_embedding_type", "rope")
+    return HybridModel(config, local_hybrid_stack_spec(normalization=config.normalization),
+                       vocab_size=vocab_size, max_sequence_length=seq,
+                       hybrid_layer_pattern=pattern, **kwargs)
