@@ -18,6 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.12",
     packages=[
+        "nemo_vwn.convert",
         "nemo_vwn",
         "nemo_vwn.bridge",
         "nemo_vwn.data",

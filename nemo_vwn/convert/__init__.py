@@ -1,0 +1,1 @@
+"""Checkpoint conversion: upcycling a baseline into VWN, resharding, Hugging Face export/import."""
