@@ -5,6 +5,7 @@
     nemo-vwn pretrain --recipe NAME [key=value ...]    train with Megatron-Bridge's pretrain()
     nemo-vwn pretrain --recipe NAME --data DIR --nproc-per-node 2 ...   real data, torchrun
     nemo-vwn compare --recipe NAME [key=value ...]     VWN recipe vs its baseline twin: table + plot
+    nemo-vwn convert reshard|upcycle --checkpoint DIR --output DIR ...   checkpoint conversion
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
 Overrides use Megatron-Bridge's Hydra syntax, e.g. ``train.train_iters=50 model.virtual_width_n=6``.
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nemo_vwn.data import cli as data_cli
 
     data_cli.add_arguments(sub.add_parser("data", help="build a tokenizer + indexed dataset"))
+    from nemo_vwn.convert import cli as convert_cli
+
+    convert_cli.add_arguments(sub.add_parser("convert", help="reshard / upcycle checkpoints"))
     pretrain = sub.add_parser("pretrain", help="train a recipe with Megatron-Bridge pretrain()")
     compare = sub.add_parser("compare", help="a VWN recipe vs its baseline twin: table + plot")
     for command in (pretrain, compare):
@@ -172,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _cmd_patches(args)
     if args.command == "data":
         return _cmd_data(args)
+    if args.command == "convert":
+        from nemo_vwn.convert import cli as convert_cli
+
+        return convert_cli.run(args)
     try:
         if args.command == "compare":
             return _cmd_compare(args, extra)

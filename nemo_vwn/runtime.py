@@ -20,19 +20,24 @@ def prepare_runtime(bridge: bool = True) -> str:
 
     pipeline_shapes.apply()  # a real upstream gap on every machine (VWN models only)
     if torch.cuda.is_available():
+        device = "cuda"
         if bridge:
             from nemo_vwn.patches import bridge_imports
 
             bridge_imports.apply()  # a plain import where TE/NVRx are installed
-        return "cuda"
-    from nemo_vwn.patches import cpu_runtime
+    else:
+        device = "cpu"
+        from nemo_vwn.patches import cpu_runtime
 
-    cpu_runtime.apply()
+        cpu_runtime.apply()
+        if bridge:
+            from nemo_vwn.patches import bridge_cpu
+
+            bridge_cpu.apply()
     if bridge:
-        from nemo_vwn.patches import bridge_cpu
-
-        bridge_cpu.apply()
-    return "cpu"
+        # Lets Bridge re-instantiate VWN providers from checkpoint run configs (allowlist).
+        import nemo_vwn.bridge.provider  # noqa: F401
+    return device
 
 
 def ensure_process_env() -> None:

@@ -20,6 +20,13 @@ from nemo_vwn.model import VWNGPTModel
 from nemo_vwn.patches import pipeline_shapes
 from nemo_vwn.patches.bridge_provider import gpt_model_class
 
+try:  # Bridge re-instantiates providers from checkpoint run configs only for allowed prefixes
+    from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
+
+    register_allowed_target_prefix("nemo_vwn.")
+except ImportError:  # pragma: no cover - older Bridge without an allowlist
+    pass
+
 
 def vwn_layer_spec(config, vp_stage: Optional[int] = None):
     """Default ``transformer_layer_spec`` of VWN providers: the per-stage VWN block spec.

@@ -1,0 +1,63 @@
+"""``nemo-vwn convert``: checkpoint conversions (atomic outputs, verified).
+
+    nemo-vwn convert reshard --checkpoint runs/x/checkpoints --output runs/x_tp2 --tp 2
+    nemo-vwn convert upcycle --checkpoint runs/base/checkpoints --output runs/up --n 4 --m 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="conversion", required=True)
+    reshard = sub.add_parser("reshard", help="re-save a checkpoint for another TP/PP/EP layout, "
+                                             "verifying logits before and after")
+    upcycle = sub.add_parser("upcycle", help="a baseline GPT/GPT-MoE checkpoint -> a VWN checkpoint "
+                                             "that computes the same function at step 0")
+    for command in (reshard, upcycle):
+        command.add_argument("--checkpoint", required=True,
+                             help="a checkpoints/ directory (its latest iteration) or an iter_* dir")
+        command.add_argument("--output", required=True, help="output checkpoint directory")
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    for flag in ("--tp", "--pp", "--ep"):
+        reshard.add_argument(flag, type=_positive, default=1)
+    upcycle.add_argument("--n", type=_positive, required=True, help="virtual_width_n")
+    upcycle.add_argument("--m", type=_positive, required=True, help="virtual_width_m")
+    upcycle.add_argument("--static", action="store_true", help="static GHC (default: DGHC)")
+    upcycle.add_argument("--collapse", default="linear", choices=("linear", "norm_linear"),
+                         help="collapse (linear: bit-identical function; default)")
+    upcycle.add_argument("--embedding", default="wide", choices=("wide", "factorized"))
+    upcycle.add_argument("--extra-slots", default="random", choices=("random", "copy", "zero"),
+                         help="values of the new slots m..n-1 (default: random)")
+
+
+def run(args) -> int:
+    from nemo_vwn.convert.checkpoint import CheckpointError
+
+    try:
+        if args.conversion == "reshard":
+            from nemo_vwn.convert.reshard import reshard
+
+            report = reshard(args.checkpoint, args.output, tp=args.tp, pp=args.pp, ep=args.ep,
+                             overwrite=args.overwrite)
+        else:
+            from nemo_vwn.convert.upcycle_checkpoint import upcycle_checkpoint
+
+            report = upcycle_checkpoint(
+                args.checkpoint, args.output, n=args.n, m=args.m, dynamic=not args.static,
+                collapse=args.collapse, embedding=args.embedding, extra_slots=args.extra_slots,
+                overwrite=args.overwrite)
+    except (CheckpointError, ValueError) as exc:
+        print(f"nemo-vwn convert: error: {exc}")
+        return 2
+    print(json.dumps(report, indent=2, default=str))
+    return 0

@@ -1,0 +1,127 @@
+"""Launch a function on N processes (gloo on CPU) and collect what each rank returns.
+
+    results = run_distributed("tests.parallel_workers:tp_parity", world_size=2, kwargs={...})
+
+The target is named as "module:function" so the child processes (started with ``spawn``) import it
+themselves; ``sys_path`` entries (default: the current working directory) are prepended in the
+children. Each rank's return value must be picklable. An exception on any rank is re-raised in the
+parent with that rank's traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Optional, Sequence
+
+import multiprocessing as mp
+
+from nemo_vwn.testing.cpu import free_port
+
+
+class DistributedRunError(RuntimeError):
+    """A rank of run_distributed failed."""
+
+
+def _child(rank: int, world_size: int, target: str, kwargs: dict, port: int, out_dir: str,
+           sys_path: Sequence[str]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")  # upstream import-time warnings, once per rank
+    for entry in reversed(list(sys_path)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    os.environ["RANK"] = str(rank)
+    os.environ["LOCAL_RANK"] = str(rank)
+    os.environ["WORLD_SIZE"] = str(world_size)
+    result: dict[str, Any]
+    try:
+        module_name, func_name = target.split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        result = {"ok": True, "value": func(rank=rank, world_size=world_size, **kwargs)}
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        result = {"ok": False, "error": traceback.format_exc()}
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001
+            pass
+    path = os.path.join(out_dir, f"rank{rank}.pkl")
+    with open(path + ".tmp", "wb") as handle:
+        pickle.dump(result, handle)
+    os.replace(path + ".tmp", path)
+
+
+def run_distributed(
+    target: str,
+    world_size: int,
+    kwargs: Optional[dict] = None,
+    sys_path: Optional[Sequence[str]] = None,
+    timeout: float = 900.0,
+) -> list[Any]:
+    """Run ``target(rank=, world_size=, **kwargs)`` on ``world_size`` processes; return per-rank values."""
+    kwargs = dict(kwargs or {})
+    sys_path = list(sys_path) if sys_path is not None else [os.getcwd()]
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="nemo_vwn_dist_") as out_dir:
+        procs = [
+            ctx.Process(target=_child, args=(rank, world_size, target, kwargs, port, out_dir, sys_path))
+            for rank in range(world_size)
+        ]
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + timeout
+        failed_early = False
+        try:
+            while any(proc.is_alive() for proc in procs):
+                if time.monotonic() > deadline:
+                    raise DistributedRunError(f"{target}: timed out after {timeout:.0f} s")
+                # A rank that failed leaves the others blocked in a collective: stop them.
+                if any(_read(out_dir, rank, ok=False) for rank in range(world_size)):
+                    failed_early = True
+                    break
+                time.sleep(0.2)
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(timeout=30)
+        results, errors = [], []
+        for rank, proc in enumerate(procs):
+            result = _read(out_dir, rank)
+            if result is None:
+                if not failed_early:
+                    errors.append(f"rank {rank}: exited with code {proc.exitcode} and no result")
+            elif result["ok"]:
+                results.append(result["value"])
+            else:
+                errors.append(f"rank {rank}:\n{result['error']}")
+        if errors:
+            raise DistributedRunError(f"{target} failed\n" + "\n".join(errors))
+        return results
+
+
+def _read(out_dir: str, rank: int, ok: Optional[bool] = None):
+    """The rank's result if written (and, with ``ok`` given, only if its status matches)."""
+    path = os.path.join(out_dir, f"rank{rank}.pkl")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            result = pickle.load(handle)
+    except (EOFError, pickle.UnpicklingError):  # still being written
+        return None
+    if ok is not None and result["ok"] != ok:
+        return None
+    return result
