@@ -7,8 +7,10 @@ differ only in the model provider (VWNModelProvider vs GPTModelProvider with the
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional
 
+from megatron.bridge.models.gpt_provider import GPTModelProvider
 from megatron.bridge.training.config import (
     CheckpointConfig,
     ConfigContainer,
@@ -40,6 +42,20 @@ CPU_MODEL_SETTINGS = dict(
     cross_entropy_loss_fusion=False,
 )
 CPU_MOE_SETTINGS = dict(moe_token_dispatcher_type="allgather", add_bias_linear=False)
+
+
+@dataclass
+class LocalGPTModelProvider(GPTModelProvider):
+    """GPTModelProvider for baseline twins: with ``transformer_impl="local"`` its upstream MTP
+    block is built from local modules too (Bridge's default MTP spec needs TE)."""
+
+    def provide(self, pre_process=None, post_process=None, vp_stage=None):
+        if getattr(self, "transformer_impl", None) == "local" and self.mtp_num_layers:
+            from nemo_vwn.patches.bridge_provider import local_mtp_block_spec
+
+            with local_mtp_block_spec():
+                return super().provide(pre_process, post_process, vp_stage)
+        return super().provide(pre_process, post_process, vp_stage)
 
 
 def stock_layer_spec(config, vp_stage: Optional[int] = None):

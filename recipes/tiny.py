@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron.bridge.models.gpt_provider import GPTModelProvider
-
 from nemo_vwn.bridge.provider import VWNModelProvider
 from nemo_vwn.recipes.common import (
     CPU_MODEL_SETTINGS,
     CPU_MOE_SETTINGS,
+    LocalGPTModelProvider,
     cpu_pretrain_container,
     stock_layer_spec,
 )
@@ -33,7 +32,7 @@ def _provider(vwn: bool, moe: bool, **overrides):
     fields = dict(TINY_BACKBONE, **CPU_MODEL_SETTINGS, **(TINY_MOE if moe else {}))
     if vwn:
         return VWNModelProvider(**fields, **TINY_VWN, **overrides)
-    return GPTModelProvider(**fields, transformer_layer_spec=stock_layer_spec, **overrides)
+    return LocalGPTModelProvider(**fields, transformer_layer_spec=stock_layer_spec, **overrides)
 
 
 def tiny_vwn_moe_cpu(output_dir: Optional[str] = None, train_iters: int = 100, **train):

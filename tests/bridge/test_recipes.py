@@ -83,3 +83,19 @@ def test_vwn_recipes_use_the_vwn_weight_decay_groups(tmp_path):
         is_vwn_provider = isinstance(cfg.optimizer_config_override_provider,
                                      VWNOptimizerConfigOverrideProvider)
         assert is_vwn_provider == info.vwn, name
+
+
+def test_baseline_twin_with_mtp_builds_on_cpu(tmp_path, megatron_cpu):
+    """Bridge's default MTP spec needs TE; the CPU twins build upstream MTP from local modules."""
+    from megatron.core.process_groups_config import ProcessGroupCollection
+    from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlock
+
+    from nemo_vwn.bridge.training import build_recipe
+
+    cfg = build_recipe("tiny_moe_cpu", str(tmp_path), ["model.mtp_num_layers=1"])
+    cfg.model.vocab_size = 128
+    cfg.model.finalize()
+    cfg.model._pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    model = cfg.model.provide()
+    assert isinstance(model.mtp, MultiTokenPredictionBlock)
+    assert type(model).__name__ == "GPTModel"
