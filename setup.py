@@ -21,6 +21,7 @@ setup(
         "nemo_vwn",
         "nemo_vwn.bridge",
         "nemo_vwn.testing",
+        "nemo_vwn.kernels",
         "nemo_vwn.patches",
         "nemo_vwn.recipes",
     ],
