@@ -124,49 +124,45 @@ def ghc_read_fwd_kernel(
 
 # ----------------------------------------------------------------------------------- write forward
 @triton.jit
-def _write_coefficients(
-    h_row, alpha_ptr, beta_ptr, gain_ptr, wa_ptr, wb_ptr, sa_ptr, sb_ptr,
-    j, k, i, e0, n, m, d, eps, inv_sqrt_d,
-    DYNAMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """A_carry [BN(j), BN(k)] = A[j, m+k] and Bᵀ [BN(j), BM(i)] = B[i, j] for one token, plus
-    (DYNAMIC) rstd [BN], the tanh inputs P_c, P_b and tanh values T_c, T_b (else zeros)."""
+def _write_proj_tile(h, gain_ptr, wa_ptr, wb_ptr, e, em, j, i, n, m,
+                     PRECISION: tl.constexpr):
+    """One d-tile of the write's coefficient prologue: this tile's share of Σ_e H², (H∘g) W_A[:, m:]
+    [BN, BN] and (H∘g) W_B [BN, BM]."""
     jm = j < n
-    km = k < n
     im = i < m
-    cols = m + n
-    c_mask = jm[:, None] & km[None, :]
-    c_off = j[:, None] * cols + m + k[None, :]
+    g = tl.load(gain_ptr + e, mask=em, other=0.0).to(tl.float32)
+    hg = h * g[None, :]
+    w_c = tl.load(wa_ptr + e[:, None] * (m + n) + m + j[None, :], mask=em[:, None] & jm[None, :],
+                  other=0.0).to(tl.float32)  # [BD, BN]
+    w_b = tl.load(wb_ptr + e[:, None] * m + i[None, :], mask=em[:, None] & im[None, :],
+                  other=0.0).to(tl.float32)  # [BD, BM]
+    return (tl.sum(h * h, axis=1), tl.dot(hg, w_c, input_precision=PRECISION),
+            tl.dot(hg, w_b, input_precision=PRECISION))
+
+
+@triton.jit
+def _write_coefficients(sumsq, q_c, q_b, alpha_ptr, beta_ptr, sa_ptr, sb_ptr,
+                        j, i, n, m, d, eps, inv_sqrt_d, DYNAMIC: tl.constexpr):
+    """A_carry [BN(j), BN(k)] = A[j, m+k] and Bᵀ [BN(j), BM(i)] = B[i, j] for one token from the
+    prologue sums, plus (DYNAMIC) rstd [BN], the tanh inputs P_c, P_b and tanh values T_c, T_b."""
+    jm = j < n
+    im = i < m
+    c_mask = jm[:, None] & jm[None, :]
+    c_off = j[:, None] * (m + n) + m + j[None, :]
     b_mask = jm[:, None] & im[None, :]
     b_off = i[None, :] * n + j[:, None]  # Bᵀ[j, i] = B[i, j]
     a_carry = tl.load(alpha_ptr + c_off, mask=c_mask, other=0.0).to(tl.float32)
     beta_t = tl.load(beta_ptr + b_off, mask=b_mask, other=0.0).to(tl.float32)
-    rstd = tl.zeros([BLOCK_N], dtype=tl.float32)
-    p_c = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
-    p_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    t_c = p_c
-    t_b = p_b
+    rstd = sumsq
+    p_c = q_c
+    p_b = q_b
+    t_c = q_c
+    t_b = q_b
     if DYNAMIC:
-        sumsq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for d0 in range(0, d, BLOCK_D):
-            e = d0 + e0
-            em = e < d
-            h = tl.load(h_row + j[:, None] * d + e[None, :], mask=jm[:, None] & em[None, :],
-                        other=0.0).to(tl.float32)
-            g = tl.load(gain_ptr + e, mask=em, other=0.0).to(tl.float32)
-            hg = h * g[None, :]
-            w_c = tl.load(wa_ptr + e[:, None] * cols + m + k[None, :],
-                          mask=em[:, None] & km[None, :], other=0.0).to(tl.float32)  # [BD, BN]
-            w_b = tl.load(wb_ptr + e[:, None] * m + i[None, :], mask=em[:, None] & im[None, :],
-                          other=0.0).to(tl.float32)  # [BD, BM]
-            sumsq += tl.sum(h * h, axis=1)
-            p_c += tl.dot(hg, w_c, input_precision=PRECISION)
-            p_b += tl.dot(hg, w_b, input_precision=PRECISION)
         rstd = 1.0 / tl.sqrt(sumsq / d + eps)
         scale = (rstd * inv_sqrt_d)[:, None]
-        p_c = p_c * scale
-        p_b = p_b * scale
+        p_c = q_c * scale
+        p_b = q_b * scale
         t_c = _tanh(p_c)
         t_b = _tanh(p_b)
         a_carry += tl.load(sa_ptr + c_off, mask=c_mask, other=0.0).to(tl.float32) * t_c
@@ -200,10 +196,22 @@ def ghc_write_fwd_kernel(
     seed = 0
     if DROPOUT:
         seed = tl.load(seed_ptr)
+    sumsq = tl.zeros([BLOCK_N], dtype=tl.float32)
+    q_c = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
+    q_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    if DYNAMIC:  # prologue: the coefficients need a full pass over d first
+        for d0 in range(0, d, BLOCK_D):
+            e = d0 + e0
+            em = e < d
+            h = tl.load(h_row + j[:, None] * d + e[None, :], mask=jm[:, None] & em[None, :],
+                        other=0.0).to(tl.float32)
+            s2, qc, qb = _write_proj_tile(h, gain_ptr, wa_ptr, wb_ptr, e, em, j, i, n, m, PRECISION)
+            sumsq += s2
+            q_c += qc
+            q_b += qb
     a_carry, beta_t, rstd, p_c, p_b, t_c, t_b = _write_coefficients(
-        h_row, alpha_ptr, beta_ptr, gain_ptr, wa_ptr, wb_ptr, sa_ptr, sb_ptr,
-        j, j, i, e0, n, m, d, eps, inv_sqrt_d,
-        DYNAMIC, BLOCK_N, BLOCK_M, BLOCK_D, PRECISION)
+        sumsq, q_c, q_b, alpha_ptr, beta_ptr, sa_ptr, sb_ptr, j, i, n, m, d, eps, inv_sqrt_d,
+        DYNAMIC)
     a_carry_t = tl.trans(a_carry)  # [BN(k), BN(j)]
     for d0 in range(0, d, BLOCK_D):
         e = d0 + e0
@@ -237,7 +245,7 @@ def ghc_write_bwd_kernel(
 ):
     """Backward of eq. 3 (persistent: program pid handles tokens pid, pid+P, ...).
 
-    Pass 1 recomputes A_carry, B (prologue) and accumulates dA_carry = H Gᵀ, dBᵀ = G Zᵀ;
+    Pass 1 recomputes A_carry, B (prologue sums) while accumulating dA_carry = H Gᵀ, dBᵀ = G Zᵀ;
     pass 2 writes dY = dropout'(B G) and dH_w = A_carry G + g∘((u·rstd∘dP) Wᵀ) - rstd²∘H∘rowterm.
     """
     pid = tl.program_id(0)
@@ -261,13 +269,12 @@ def ghc_write_bwd_kernel(
         h_row = h_ptr + t * n * d
         g_row = gout_ptr + t * n * d
         y_row = y_ptr + t * m * d
-        a_carry, beta_t, rstd, p_c, p_b, t_c, t_b = _write_coefficients(
-            h_row, alpha_ptr, beta_ptr, gain_ptr, wa_ptr, wb_ptr, sa_ptr, sb_ptr,
-            j, j, i, e0, n, m, d, eps, inv_sqrt_d,
-            DYNAMIC, BLOCK_N, BLOCK_M, BLOCK_D, PRECISION)
+        sumsq = tl.zeros([BLOCK_N], dtype=tl.float32)
+        q_c = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
+        q_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         d_c = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)  # dA_carry[j, k] = <H_j, G_k>
         d_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # dBᵀ[j, i] = <G_j, Z_i>
-        for d0 in range(0, d, BLOCK_D):
+        for d0 in range(0, d, BLOCK_D):  # pass 1: prologue and dA, dB in one sweep
             e = d0 + e0
             em = e < d
             hm = jm[:, None] & em[None, :]
@@ -278,6 +285,15 @@ def ghc_write_bwd_kernel(
                                 p_drop, drop_scale, HAS_BIAS, DROPOUT)
             d_c += tl.dot(h, tl.trans(gr), input_precision=PRECISION)
             d_b += tl.dot(gr, tl.trans(z), input_precision=PRECISION)
+            if DYNAMIC:
+                s2, qc, qb = _write_proj_tile(h, gain_ptr, wa_ptr, wb_ptr, e, em, j, i, n, m,
+                                              PRECISION)
+                sumsq += s2
+                q_c += qc
+                q_b += qb
+        a_carry, beta_t, rstd, p_c, p_b, t_c, t_b = _write_coefficients(
+            sumsq, q_c, q_b, alpha_ptr, beta_ptr, sa_ptr, sb_ptr, j, i, n, m, d, eps, inv_sqrt_d,
+            DYNAMIC)
         sum_dc += d_c
         sum_db += d_b
         dps_c = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
