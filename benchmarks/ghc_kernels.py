@@ -45,6 +45,11 @@ def sync(device):
 
 def bench(fn, device, reps: int, warmup: int = 3) -> float:
     """Median seconds of ``fn()`` (synchronised; CUDA events on GPU)."""
+    return bench_stats(fn, device, reps, warmup)[0]
+
+
+def bench_stats(fn, device, reps: int, warmup: int = 3) -> tuple[float, float]:
+    """(median, min) seconds of ``fn()`` (synchronised; CUDA events on GPU)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -61,7 +66,7 @@ def bench(fn, device, reps: int, warmup: int = 3) -> float:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def copy_bandwidth(device, dtype) -> float:
@@ -158,8 +163,8 @@ def kernel_section(device, dtype, tokens, d, reps, shapes, peak):
     if device.type != "cuda":
         print("   No GPU in this run: NO Triton timings were taken (the CPU interpreter is not a "
               "performance path). torch eager vs torch.compile only.")
-    print(f"{'(m,n)':>8} {'op':>10} {'impl':>8} {'time ms':>9} {'ideal MB':>9} {'GB/s':>8} "
-          f"{'% peak':>7} {'vs torch':>9}")
+    print(f"{'(m,n)':>8} {'op':>10} {'impl':>8} {'median ms':>10} {'min ms':>9} {'ideal MB':>9} "
+          f"{'GB/s':>8} {'% peak':>7} {'vs torch':>9}")
     elem = torch.finfo(dtype).bits // 8
     results = []
     for m, n in shapes:
@@ -172,12 +177,12 @@ def kernel_section(device, dtype, tokens, d, reps, shapes, peak):
                 print(f"{str((m, n)):>8} {'all':>10} {impl:>8}  failed: {type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:80]}")
                 continue
-            for op, sec in times.items():
+            for op, (sec, fastest) in times.items():
                 base.setdefault(op, sec if impl == "torch" else None)
                 gbs = ideal[op] / sec / 1e9
                 ratio = base[op] / sec if base.get(op) else float("nan")
                 results.append(dict(m=m, n=n, op=op, impl=impl, ms=sec * 1e3, gbs=gbs))
-                print(f"{str((m, n)):>8} {op:>10} {impl:>8} {sec * 1e3:>9.3f} "
+                print(f"{str((m, n)):>8} {op:>10} {impl:>8} {sec * 1e3:>10.3f} {fastest * 1e3:>9.3f} "
                       f"{ideal[op] / 1e6:>9.2f} {gbs:>8.2f} {100 * gbs * 1e9 / peak:>6.1f}% "
                       f"{ratio:>8.2f}x")
     return results
@@ -193,8 +198,8 @@ def time_ghc(m, n, d, tokens, dtype, device, impl, reps) -> dict:
         read, write = torch.compile(ghc.read), torch.compile(ghc.write)
     with torch.no_grad():
         x, state = read(H)
-        t_read = bench(lambda: read(H), device, reps)
-        t_write = bench(lambda: write(z, state), device, reps)
+        t_read = bench_stats(lambda: read(H), device, reps)
+        t_write = bench_stats(lambda: write(z, state), device, reps)
     x, state = read(H)
     out = write(z, state)
     dx, dout = torch.randn_like(x), torch.randn_like(out)
@@ -202,7 +207,7 @@ def time_ghc(m, n, d, tokens, dtype, device, impl, reps) -> dict:
     def backward():
         torch.autograd.backward([x, out], [dx, dout], retain_graph=True)
 
-    t_bwd = bench(backward, device, reps)
+    t_bwd = bench_stats(backward, device, reps)
     return {"read_fwd": t_read, "write_fwd": t_write, "bwd": t_bwd}
 
 
@@ -244,13 +249,13 @@ def model_section(device, reps, quick):
               "stand in) and ghc_impl='triton' is NOT timed (interpreter): its row is the saved "
               "bytes of one forward only.")
     print(f"{'model':>16} {'ghc':>7} {'step ms':>9} {'x base':>7} {'saved MB':>9} {'x base':>7} "
-          f"{'peak MB':>9} {'x base':>7}")
+          f"{'peak MB':>9} {'x base':>7}   (median of {reps} interleaved rounds; peak = CUDA "
+          "peak minus resident parameters)")
     tokens = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
     ids, labels = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
     pos = torch.arange(seq, device=device).unsqueeze(0).expand(batch, -1)
     mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=device), 1)[None, None]
-    base = None
-    rows = []
+    entries = []  # (name, impl, model, timed)
     for name, m, n in cases:
         for impl in impls if m else ["-"]:
             if m is None:
@@ -258,27 +263,47 @@ def model_section(device, reps, quick):
             else:
                 model = build_vwn_gpt(vwn_config(n=n, m=m, ghc_impl=impl, vwn_collapse="linear",
                                                  **common), vocab_size=vocab, seq=seq)
-            model.to(device)
-
-            def step():
-                model.zero_grad(set_to_none=True)
-                model(ids, pos, mask, labels=labels).sum().backward()
-
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             timed = not (impl == "triton" and device.type == "cpu")
-            step_s = bench(step, device, reps, warmup=1) if timed else float("nan")
-            with SavedBytes(exclude=list(model.parameters())) as saved:
-                loss = model(ids, pos, mask, labels=labels)
-            del loss
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-            if base is None:
-                base = (step_s, saved.total, peak)
-            rows.append(dict(model=name, impl=impl, ms=step_s * 1e3, saved=saved.total, peak=peak))
-            peak_txt = f"{peak / 1e6:>9.1f} {peak / base[2]:>6.2f}x" if peak else f"{'n/a':>9} {'':>7}"
-            print(f"{name:>16} {impl:>7} {step_s * 1e3:>9.1f} {step_s / base[0]:>6.2f}x "
-                  f"{saved.total / 1e6:>9.1f} {saved.total / base[1]:>6.2f}x {peak_txt}")
-            del model
+            entries.append((name, impl, model.to(device), timed))
+
+    def step(model):
+        model(ids, pos, mask, labels=labels).sum().backward()
+        model.zero_grad(set_to_none=True)  # only parameters stay resident between steps
+
+    # Interleaved rounds: every model steps once per round, so load drift hits all alike.
+    times = {id(e[2]): [] for e in entries}
+    peaks = {}
+    for rnd in range(reps + 1):
+        for _, _, model, timed in entries:
+            if not timed:
+                continue
+            sync(device)
+            if device.type == "cuda":
+                resident = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            step(model)
+            sync(device)
+            if rnd:  # round 0 is warm-up
+                times[id(model)].append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peaks[id(model)] = torch.cuda.max_memory_allocated(device) - resident
+    base = None
+    rows = []
+    for name, impl, model, timed in entries:
+        with SavedBytes(exclude=list(model.parameters())) as saved:
+            loss = model(ids, pos, mask, labels=labels)
+        del loss
+        step_s = statistics.median(times[id(model)]) if timed else float("nan")
+        peak = peaks.get(id(model))
+        if base is None:
+            base = (step_s, saved.total, peak)
+        rows.append(dict(model=name, impl=impl, ms=step_s * 1e3, saved=saved.total, peak=peak))
+        peak_txt = f"{peak / 1e6:>9.1f} {peak / base[2]:>6.2f}x" if peak else f"{'n/a':>9} {'':>7}"
+        step_txt = (f"{step_s * 1e3:>9.1f} {step_s / base[0]:>6.2f}x" if timed
+                    else f"{'n/a':>9} {'':>7}")
+        print(f"{name:>16} {impl:>7} {step_txt} "
+              f"{saved.total / 1e6:>9.1f} {saved.total / base[1]:>6.2f}x {peak_txt}")
     return rows
 
 
@@ -286,7 +311,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-model", action="store_true", help="leave out section 3")
+    parser.add_argument("--sections", default="1,2,3", help="which sections to run, e.g. 1,3")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -297,12 +322,16 @@ def main():
     if not gpu:
         print("# NO GPU NUMBERS WERE TAKEN IN THIS RUN (CPU only).")
     reps = 5 if args.quick else (20 if gpu else 11)
-    saved_activation_section(device, dtype, tokens=8 if not gpu else 1024, d=64)
-    peak = copy_bandwidth(device, dtype)
-    tokens, d = (8192, 256) if gpu else (1024, 64)
-    shapes = GHC_SHAPES[::3] if args.quick else GHC_SHAPES
-    kernel_section(device, dtype, tokens, d, reps, shapes, peak)
-    if not args.skip_model:
+    sections = {int(x) for x in args.sections.split(",")}
+    if 1 in sections:
+        for saved_dtype in (torch.float32, torch.bfloat16):
+            saved_activation_section(device, saved_dtype, tokens=8 if not gpu else 1024, d=64)
+    if 2 in sections:
+        peak = copy_bandwidth(device, dtype)
+        tokens, d = (8192, 256) if gpu else (1024, 64)
+        shapes = GHC_SHAPES[::3] if args.quick else GHC_SHAPES
+        kernel_section(device, dtype, tokens, d, reps, shapes, peak)
+    if 3 in sections:
         model_section(device, max(3, reps // 2), args.quick)
 
 
