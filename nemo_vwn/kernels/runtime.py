@@ -38,8 +38,10 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
 
 
+@functools.lru_cache(maxsize=None)
 def interpreter_active() -> bool:
-    """Triton was imported in interpreter mode (its library functions are interpreted)."""
+    """Triton was imported in interpreter mode (its library functions are interpreted). Fixed for
+    the life of the process once triton is imported, hence cached."""
     if not triton_importable():
         return False
     from triton.language import random as tl_random

@@ -73,17 +73,21 @@ def test_every_output_element_is_written():
     """Outputs start as NaN-poisoned memory; a missed tile would leave NaN behind."""
     ref, tri = make_pair(8, 16, D, True)
     inputs = make_inputs(ref, S, B)
-    real_empty = torch.empty
+    real = {name: getattr(torch, name) for name in ("empty", "empty_like")}
 
-    def poisoned_empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
+    def poisoned(name):
+        def alloc(*args, **kwargs):
+            t = real[name](*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+        return alloc
 
-    torch.empty = poisoned_empty
     try:
+        for name in real:  # x, out, dH, dY, write's dH share, dP scratch: all start as NaN
+            setattr(torch, name, poisoned(name))
         got = run_layer(tri, inputs, torch.float32)
     finally:
-        torch.empty = real_empty
+        for name, fn in real.items():
+            setattr(torch, name, fn)
     for key in ("x", "out", "dH"):
         assert torch.isfinite(got[key]).all(), key
     assert all(torch.isfinite(g).all() for g in got["grads"].values())
