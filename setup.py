@@ -23,6 +23,7 @@ setup(
         "nemo_vwn.bridge",
         "nemo_vwn.data",
         "nemo_vwn.testing",
+        "nemo_vwn.kernels",
         "nemo_vwn.patches",
         "nemo_vwn.recipes",
     ],

@@ -23,7 +23,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 EMBEDDING_CHOICES = ("wide", "factorized")
 COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
 COLLAPSE_INIT_CHOICES = ("normal", "identity")
-GHC_IMPL_CHOICES = ("torch",)
+GHC_IMPL_CHOICES = ("torch", "triton", "auto")
 
 
 class VWNConfigError(ValueError):
@@ -60,7 +60,10 @@ class VWNConfigMixin:
     wide input is kept (vwn-method.md section 6)."""
 
     ghc_impl: str = "torch"
-    """GHC implementation: "torch" (reference and fallback)."""
+    """GHC implementation: "torch" (plain torch: the reference and fallback); "triton" (the fused
+    kernels of nemo_vwn/kernels, always: compiled on CUDA, or on CPU under TRITON_INTERPRET=1 set
+    before Python starts; an error anywhere else); "auto" (the kernels for CUDA tensors when
+    compiled Triton is usable, torch otherwise). The kernels always compute in fp32."""
 
     vwn_embedding: str = "wide"
     """"wide": a vocabulary table of width D' (every slot distinct); "factorized": a width-D

@@ -81,6 +81,13 @@ class GHC(MegatronModule):
         self.recompute = bool(getattr(config, "ghc_recompute", False))
         self.eps = config.layernorm_epsilon
         n, m, d = self.n, self.m, self.d
+        # "torch" (this file) | "triton" | "auto" (nemo_vwn/kernels/select.py); torch never
+        # imports the kernels.
+        self.impl = getattr(config, "ghc_impl", "torch")
+        if self.impl != "torch":
+            from nemo_vwn.kernels import check_ghc_impl
+
+            check_ghc_impl(self.impl, n, m)
 
         def param(shape):
             return torch.nn.Parameter(torch.empty(shape, dtype=config.params_dtype))
@@ -163,6 +170,10 @@ class GHC(MegatronModule):
             raise ValueError(
                 f"GHC.read expects a wide state of width n*d = {self.n * self.d}, got {width}"
             )
+        if self.impl != "torch" and self._use_kernels(hidden_states):
+            from nemo_vwn.kernels import ghc_read
+
+            return ghc_read(self, hidden_states)  # the fused Triton read
         H = hidden_states.view(s, b, self.n, self.d)  # [s, b, n, d]
         alpha, beta = self.coefficients(H)
         Hc = H.to(alpha.dtype)
@@ -178,12 +189,21 @@ class GHC(MegatronModule):
 
         branch_output: [s, b, D]  ->  [s, b, n*d] (dtype of branch_output)
         """
+        if not isinstance(state, GHCState):  # a TritonGHCState from the fused read
+            from nemo_vwn.kernels import ghc_write
+
+            return ghc_write(self, branch_output, state)
         s, b, _ = branch_output.shape
         beta = state.beta
         Z = branch_output.view(s, b, self.m, self.d).to(beta.dtype)  # [s, b, m, d]
         depth = torch.matmul(beta.transpose(-1, -2), Z)  # Bᵀ Z: [s, b, n, d]
         out = depth + state.carry  # [s, b, n, d]
         return out.reshape(s, b, self.n * self.d).to(branch_output.dtype)
+
+    def _use_kernels(self, hidden_states: Tensor) -> bool:
+        from nemo_vwn.kernels import use_triton
+
+        return use_triton(self.impl, self.n, self.m, hidden_states)
 
     def forward(self, hidden_states: Tensor, branch) -> Tensor:
         """Convenience: write(branch(read(h))) for a branch taking and returning [s, b, D]."""

@@ -9,6 +9,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+# tests/kernels runs the Triton GHC kernels on CPU through Triton's interpreter. triton 3.7 reads
+# TRITON_INTERPRET when it is first imported (and megatron-core imports it), so choose the mode
+# here, before any test module imports megatron: interpreter on machines without CUDA. Child
+# processes (run_distributed) inherit it. See nemo_vwn/kernels/runtime.py.
+if "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 
 @pytest.fixture(scope="session")
 def megatron_cpu_session():
