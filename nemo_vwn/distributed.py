@@ -33,6 +33,13 @@ def _child(rank: int, world_size: int, target: str, kwargs: dict, port: int, out
     import warnings
 
     warnings.filterwarnings("ignore")  # upstream import-time warnings, once per rank
+    # One intra-op thread per rank, as torchrun does: ranks oversubscribing the cores make every
+    # collective wait on descheduled peers (the parallel tests ran 3-4x slower).
+    threads = int(os.environ.get("NEMO_VWN_RANK_THREADS", os.environ.get("OMP_NUM_THREADS", 1)))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
     for entry in reversed(list(sys_path)):
         if entry not in sys.path:
             sys.path.insert(0, entry)

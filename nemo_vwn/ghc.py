@@ -156,24 +156,30 @@ class GHC(MegatronModule):
         hidden_states: [s, b, n*d]  ->  x: [s, b, D] (D = m*d), GHCState
 
         With ``ghc_recompute`` the whole read runs under megatron's activation checkpoint: backward
-        keeps only ``hidden_states`` and recomputes the norm, coefficients and M = Aᵀ H.
+        keeps only ``hidden_states`` and recomputes the norm, coefficients and M = Aᵀ H. The fused
+        Triton read (``ghc_impl``) always works that way (it saves only H).
         """
+        self._check_width(hidden_states)
+        if self.impl != "torch" and self._use_kernels(hidden_states):
+            from nemo_vwn.kernels import ghc_read
+
+            return ghc_read(self, hidden_states)  # the fused Triton read
         if self.recompute and torch.is_grad_enabled():
             x, carry, beta = tensor_parallel.checkpoint(self._read, False, hidden_states)
         else:
             x, carry, beta = self._read(hidden_states)
         return x, GHCState(carry=carry, beta=beta)
 
-    def _read(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s, b, width = hidden_states.shape
+    def _check_width(self, hidden_states: Tensor) -> None:
+        width = hidden_states.shape[-1]
         if width != self.n * self.d:
             raise ValueError(
                 f"GHC.read expects a wide state of width n*d = {self.n * self.d}, got {width}"
             )
-        if self.impl != "torch" and self._use_kernels(hidden_states):
-            from nemo_vwn.kernels import ghc_read
 
-            return ghc_read(self, hidden_states)  # the fused Triton read
+    def _read(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The plain-torch read: (x [s, b, D], carry [s, b, n, d], beta)."""
+        s, b, _ = hidden_states.shape
         H = hidden_states.view(s, b, self.n, self.d)  # [s, b, n, d]
         alpha, beta = self.coefficients(H)
         Hc = H.to(alpha.dtype)
