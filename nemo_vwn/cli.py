@@ -24,14 +24,18 @@ def _cmd_recipes(args) -> int:
     from nemo_vwn.runtime import prepare_runtime
 
     prepare_runtime()
-    from nemo_vwn.recipes import all_recipes
+    from nemo_vwn.bridge.params import format_count
+    from nemo_vwn.recipes import all_recipes, recipe_size
 
-    rows = [("recipe", "VWN", "twin", "description")]
+    rows = [("recipe", "VWN", "twin", "params total/activated", "description")]
     for name, info in sorted(all_recipes().items()):
-        rows.append((name, "yes" if info.vwn else "no", info.twin or "-", info.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        size = recipe_size(name)  # from the provider fields: nothing is allocated
+        rows.append((name, "yes" if info.vwn else "no", info.twin or "-",
+                     f"{format_count(size.total)}/{format_count(size.activated)}",
+                     info.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+        print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)))
     return 0
 
 
