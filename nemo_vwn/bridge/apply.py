@@ -82,7 +82,8 @@ def vwn_provider_class(base: type) -> type:
         name = getattr(base, "__name__", type(base).__name__)
         raise UnsupportedRecipeError(
             f"apply_vwn needs a GPT model provider (megatron.bridge GPTModelProvider or a subclass "
-            f"such as OlMoEModelProvider / MLAModelProvider); got {name}. VWN wraps GPT and GPT-MoE "
+            f"such as OlMoEModelProvider / MLAModelProvider); got {name}. VWN wraps GPT and "
+            "GPT-MoE "
             "transformer layers; Mamba/hybrid, T5 and other model families are not supported"
         )
     if issubclass(base, VWNConfigMixin):
@@ -180,7 +181,8 @@ def to_vwn_provider(provider, n: int, m: int, dynamic: bool = True,
     unknown = sorted(set(vwn_fields) - set(VWN_FIELDS))
     if unknown:
         raise VWNConfigError(
-            f"apply_vwn got unknown VWN field(s) {unknown}; VWN fields are: {', '.join(VWN_FIELDS)} "
+            f"apply_vwn got unknown VWN field(s) {unknown}; VWN fields are: "
+            f"{', '.join(VWN_FIELDS)} "
             "(other model fields: set them on the recipe before or after apply_vwn)"
         )
     for name in ("virtual_width_n", "virtual_width_m", "ghc_dynamic"):

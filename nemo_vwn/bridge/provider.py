@@ -78,7 +78,8 @@ class VWNProviderMixin:
             bases = [c.__name__ for c in type(self).__bases__
                      if c not in (VWNProviderMixin, VWNConfigMixin)]
             raise VWNConfigError(
-                f"{type(self).__name__}.provide() built a {type(model).__name__}, not a VWNGPTModel: "
+                f"{type(self).__name__}.provide() built a {type(model).__name__}, not a "
+                "VWNGPTModel: "
                 f"{'/'.join(bases)}.provide() does not build its model through "
                 "GPTModelProvider.provide(), so VWN cannot be applied to this provider"
             )
