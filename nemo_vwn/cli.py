@@ -5,6 +5,7 @@
     nemo-vwn pretrain --recipe NAME [key=value ...]    train with Megatron-Bridge's pretrain()
     nemo-vwn pretrain --recipe NAME --data DIR --nproc-per-node 2 ...   real data, torchrun
     nemo-vwn compare --recipe NAME [key=value ...]     VWN recipe vs its baseline twin: table + plot
+    nemo-vwn launch --recipe NAME [--executor local|slurm] [key=value ...]   through NeMo-Run
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
 Overrides use Megatron-Bridge's Hydra syntax, e.g. ``train.train_iters=50 model.virtual_width_n=6``.
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--nproc-per-node", type=int, default=1,
                              help="processes to launch with torchrun (default 1)")
     compare.add_argument("--mock", action="store_true", help="use mock data instead of a corpus")
+    from nemo_vwn.bridge import launch as launch_cli  # imports NeMo-Run only when launching
+
+    launch_cli.add_arguments(sub.add_parser("launch", help="run a recipe through NeMo-Run "
+                                                           "(local torchrun or Slurm)"))
     return parser
 
 
@@ -168,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown_flags = [item for item in extra if item.startswith("-")]
-    if unknown_flags or (extra and args.command not in ("pretrain", "compare")):
+    if unknown_flags or (extra and args.command not in ("pretrain", "compare", "launch")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "recipes":
         return _cmd_recipes(args)
@@ -177,6 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "data":
         return _cmd_data(args)
     try:
+        if args.command == "launch":
+            from nemo_vwn.bridge import launch as launch_cli
+
+            return launch_cli.run_cli(args, extra)
         if args.command == "compare":
             return _cmd_compare(args, extra)
         return _cmd_pretrain(args, extra)
