@@ -7,6 +7,7 @@ Submodules import Megatron-Bridge; on a machine without Transformer Engine call
     apply_vwn, vwn_provider_class,            nemo_vwn.bridge.apply  (VWN variant of any Bridge
       VWNSpecAdapter, UnsupportedRecipeError                          GPT / GPT-MoE recipe)
     count_parameters, ParameterCount          nemo_vwn.bridge.params (sizes without allocation)
+    nemo_vwn.bridge.launch                    NeMo-Run launchers (optional extra ``[run]``)
 """
 
 _EXPORTS = {

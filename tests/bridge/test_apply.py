@@ -134,6 +134,26 @@ def test_olmoe_recipe_keeps_its_provider_class_layout_and_optimizer():
     assert type(clone) is type(model) and model_differences(model, clone) == []
 
 
+def test_gpt3_175b_recipe_keeps_its_pipeline_layout():
+    """Bridge's GPT-3 175B recipe (TP4/PP8/VPP6) uses TE's fused full-layer spec: a clear error;
+    with the standard spec the VWN variant keeps the whole layout."""
+    from nemo_vwn.bridge import UnsupportedRecipeError, apply_vwn
+
+    module = import_bridge_recipe("megatron.bridge.recipes.gpt.h100.gpt3_175b")
+    base = module.gpt3_175b_pretrain_32gpu_h100_bf16_config()
+    with pytest.raises(UnsupportedRecipeError, match="use_transformer_engine_full_layer_spec"):
+        apply_vwn(base, n=16, m=8)
+    base.model.use_transformer_engine_full_layer_spec = False
+    cfg = apply_vwn(base, n=16, m=8, vwn_embedding="factorized")  # tied D-wide table: kept
+    assert model_differences(base.model, cfg.model) == ["transformer_layer_spec"]
+    assert container_differences(base, cfg) == []
+    layout = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+              "virtual_pipeline_model_parallel_size", "sequence_parallel")
+    assert [getattr(cfg.model, f) for f in layout] == [4, 8, 6, True]
+    base.model.finalize()
+    cfg.model.finalize()
+    assert model_differences(base.model, cfg.model) == ["transformer_layer_spec"]
+
 def _cpu(provider, **sizes):
     from nemo_vwn.recipes.common import CPU_MODEL_SETTINGS
 
