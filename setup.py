@@ -43,6 +43,11 @@ setup(
         # --no-deps plus requirements/bridge.txt. In a NeMo container it is already present.
         "bridge": ["megatron-bridge>=0.6,<0.7"],
         "test": ["pytest>=8", "psutil"],
+        # NeMo-Run launchers (nemo_vwn.bridge.launch, `nemo-vwn launch`). Optional: nemo-run
+        # 0.11.1 pins anyio<=4.9 / httpx==0.27.2 / urllib3<2 through leptonai, downgrading the
+        # Bridge stack. leptonai 0.47 (what pip picks) lacks leptonai.api.v1, which nemo_run
+        # 0.11.1 imports; 0.26.6 was checked to work.
+        "run": ["nemo-run>=0.11.1,<0.12", "leptonai>=0.26.6,<0.27"],
     },
     entry_points={"console_scripts": ["nemo-vwn=nemo_vwn.cli:main"]},
 )

@@ -6,6 +6,7 @@
     nemo-vwn pretrain --recipe NAME --data DIR --nproc-per-node 2 ...   real data, torchrun
     nemo-vwn compare --recipe NAME [key=value ...]     VWN recipe vs its baseline twin: table + plot
     nemo-vwn convert reshard|upcycle --checkpoint DIR --output DIR ...   checkpoint conversion
+    nemo-vwn launch --recipe NAME [--executor local|slurm] [key=value ...]   through NeMo-Run
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
 Overrides use Megatron-Bridge's Hydra syntax, e.g. ``train.train_iters=50 model.virtual_width_n=6``.
@@ -25,14 +26,18 @@ def _cmd_recipes(args) -> int:
     from nemo_vwn.runtime import prepare_runtime
 
     prepare_runtime()
-    from nemo_vwn.recipes import all_recipes
+    from nemo_vwn.bridge.params import format_count
+    from nemo_vwn.recipes import all_recipes, recipe_size
 
-    rows = [("recipe", "VWN", "twin", "description")]
+    rows = [("recipe", "VWN", "twin", "params total/activated", "description")]
     for name, info in sorted(all_recipes().items()):
-        rows.append((name, "yes" if info.vwn else "no", info.twin or "-", info.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        size = recipe_size(name)  # from the provider fields: nothing is allocated
+        rows.append((name, "yes" if info.vwn else "no", info.twin or "-",
+                     f"{format_count(size.total)}/{format_count(size.activated)}",
+                     info.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+        print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)))
     return 0
 
 
@@ -161,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--nproc-per-node", type=int, default=1,
                              help="processes to launch with torchrun (default 1)")
     compare.add_argument("--mock", action="store_true", help="use mock data instead of a corpus")
+    from nemo_vwn.bridge import launch as launch_cli  # imports NeMo-Run only when launching
+
+    launch_cli.add_arguments(sub.add_parser("launch", help="run a recipe through NeMo-Run "
+                                                           "(local torchrun or Slurm)"))
     return parser
 
 
@@ -168,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown_flags = [item for item in extra if item.startswith("-")]
-    if unknown_flags or (extra and args.command not in ("pretrain", "compare")):
+    if unknown_flags or (extra and args.command not in ("pretrain", "compare", "launch")):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "recipes":
         return _cmd_recipes(args)
@@ -181,6 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return convert_cli.run(args)
     try:
+        if args.command == "launch":
+            from nemo_vwn.bridge import launch as launch_cli
+
+            return launch_cli.run_cli(args, extra)
         if args.command == "compare":
             return _cmd_compare(args, extra)
         return _cmd_pretrain(args, extra)

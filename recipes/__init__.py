@@ -4,8 +4,12 @@ A recipe is a function returning a Megatron-Bridge ``ConfigContainer``. Every VW
 baseline twin that differs only in VWN being off. Importing this package imports Megatron-Bridge;
 on a machine without Transformer Engine apply ``nemo_vwn.patches.bridge_imports`` first.
 
-    from nemo_vwn.recipes import all_recipes, get_recipe
+    tiny.py    CPU recipes (minutes on 2 cores)
+    paper.py   the VWN paper's configurations (MoE-0.4B/4B ... MoE-A3.3B) for H100 clusters
+
+    from nemo_vwn.recipes import all_recipes, get_recipe, recipe_size
     cfg = get_recipe("tiny_vwn_moe_cpu")()
+    recipe_size("paper_moe_a3p3b_vwn_r8").total    # parameters, counted without allocation
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ class RecipeInfo:
 @functools.lru_cache(maxsize=None)
 def all_recipes() -> dict[str, RecipeInfo]:
     """name -> RecipeInfo for every recipe (imports the recipe modules on first call)."""
-    from nemo_vwn.recipes import tiny
+    from nemo_vwn.recipes import paper, tiny
 
     pairs = [
         (tiny.tiny_vwn_moe_cpu, tiny.tiny_moe_cpu),
         (tiny.tiny_vwn_dense_cpu, tiny.tiny_dense_cpu),
+        *paper.PAIRS,
     ]
     table = {}
     for vwn_fn, base_fn in pairs:
@@ -54,3 +59,13 @@ def get_recipe(name: str) -> Callable:
             f"unknown recipe {name!r}; available recipes: {', '.join(sorted(recipes))}"
         )
     return recipes[name].function
+
+
+def recipe_size(name: str, output_dir: Optional[str] = None):
+    """``nemo_vwn.bridge.params.ParameterCount`` of recipe ``name``'s model, computed from its
+    provider fields (nothing is allocated); the tokenizer's vocab size when the model sets none."""
+    from nemo_vwn.bridge.params import count_parameters
+
+    cfg = get_recipe(name)(output_dir=output_dir) if output_dir else get_recipe(name)()
+    vocab = getattr(cfg.tokenizer, "vocab_size", None) if cfg.tokenizer is not None else None
+    return count_parameters(cfg.model, vocab_size=vocab)

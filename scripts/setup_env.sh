@@ -34,6 +34,7 @@ echo "setup_env: installing the CPU stack into $VENV (first time: a few minutes,
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements/cpu-dev.txt" -c "$ROOT/requirements/constraints.txt"
 "$VENV/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements/bridge-nodeps.txt"
+"$VENV/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements/nemo-run-nodeps.txt"
 "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
 echo "$WANT" > "$STAMP"
 echo "setup_env: ready ($("$VENV/bin/python" -c 'import torch, megatron.core; print("torch", torch.__version__, "megatron-core", megatron.core.__version__)' 2>/dev/null))"

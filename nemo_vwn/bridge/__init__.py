@@ -2,14 +2,32 @@
 
 Submodules import Megatron-Bridge; on a machine without Transformer Engine call
 ``nemo_vwn.runtime.prepare_runtime()`` first (the CLI does). This package itself imports nothing.
+
+    VWNModelProvider, vwn_layer_spec          nemo_vwn.bridge.provider
+    apply_vwn, vwn_provider_class,            nemo_vwn.bridge.apply  (VWN variant of any Bridge
+      VWNSpecAdapter, UnsupportedRecipeError                          GPT / GPT-MoE recipe)
+    count_parameters, ParameterCount          nemo_vwn.bridge.params (sizes without allocation)
+    nemo_vwn.bridge.launch                    NeMo-Run launchers (optional extra ``[run]``)
 """
 
-__all__ = ["VWNModelProvider", "vwn_layer_spec"]
+_EXPORTS = {
+    "VWNModelProvider": "provider",
+    "VWNProviderMixin": "provider",
+    "vwn_layer_spec": "provider",
+    "apply_vwn": "apply",
+    "vwn_provider_class": "apply",
+    "VWNSpecAdapter": "apply",
+    "UnsupportedRecipeError": "apply",
+    "count_parameters": "params",
+    "ParameterCount": "params",
+}
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in __all__:
-        from nemo_vwn.bridge import provider
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(provider, name)
+        module = importlib.import_module(f"nemo_vwn.bridge.{_EXPORTS[name]}")
+        return getattr(module, name)
     raise AttributeError(name)

@@ -1,0 +1,143 @@
+"""NeMo-Run launchers: the task command, a Slurm dry run and a real 2-process local launch.
+
+NeMo-Run is an optional extra (``nemo-vwn[run]``) and is NOT installed in the CPU development
+stack: ``pip install nemo-run==0.11.1`` would downgrade anyio (4.16 -> 4.9), httpx (0.28 -> 0.27.2)
+and urllib3 (2.8 -> 1.26) there. The tests that need it skip with that reason; the rest run always.
+"""
+
+import glob
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from nemo_vwn.runtime import prepare_runtime
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NO_NEMO_RUN = (
+    "nemo-run is not installed: it is the optional extra nemo-vwn[run], left out of the CPU dev "
+    "stack because nemo-run 0.11.1 would downgrade anyio, httpx and urllib3 (through leptonai)"
+)
+needs_nemo_run = pytest.mark.skipif(importlib.util.find_spec("nemo_run") is None,
+                                    reason=NO_NEMO_RUN)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bridge():
+    prepare_runtime()
+
+
+@pytest.fixture
+def nemo_run_home(tmp_path, monkeypatch):
+    """NeMo-Run's home in tmp_path; stdin from /dev/null (NeMo-Run's LocalTunnel mirrors stdin
+    into the commands it runs, which pytest's captured stdin refuses)."""
+    import nemo_run
+
+    devnull = open(os.devnull)
+    monkeypatch.setattr(sys, "stdin", devnull)
+    previous = nemo_run.config.get_nemorun_home()
+    nemo_run.config.set_nemorun_home(str(tmp_path / "nemo_run_home"))
+    yield tmp_path / "nemo_run_home"
+    nemo_run.config.set_nemorun_home(previous)
+    devnull.close()
+
+
+def test_task_command_and_errors():
+    from nemo_vwn.bridge import launch
+    from nemo_vwn.recipes import UnknownRecipeError
+
+    assert launch.pretrain_args("tiny_vwn_moe_cpu", ["train.train_iters=3"], data="/d",
+                                output="/o") == [
+        "pretrain", "--recipe", "tiny_vwn_moe_cpu", "--output", "/o", "--data", "/d",
+        "train.train_iters=3"]
+    with pytest.raises(UnknownRecipeError, match="available recipes"):
+        launch.pretrain_args("no_such_recipe")
+    with pytest.raises(ValueError, match="key=value"):
+        launch.pretrain_args("tiny_vwn_moe_cpu", ["--nproc-per-node"])
+    assert launch.default_nodes("paper_moe_a3p3b_vwn_r8") == 2  # 16 H100s
+    assert launch.default_nodes("paper_moe_a0p8b_vwn_r2") == 1
+    assert launch.default_nodes("tiny_vwn_moe_cpu") == 1
+
+
+def test_missing_nemo_run_is_reported_with_the_reason(monkeypatch, capsys):
+    import builtins
+
+    from nemo_vwn.bridge import launch
+    from nemo_vwn.cli import main
+
+    real_import = builtins.__import__
+
+    def no_nemo_run(name, *args, **kwargs):
+        if name == "nemo_run" or name.startswith("nemo_run."):
+            raise ModuleNotFoundError("No module named 'nemo_run'", name="nemo_run")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nemo_run)
+    with pytest.raises(ImportError, match=r"nemo-vwn\[run\].*downgrade"):
+        launch.local_executor()
+    assert main(["launch", "--recipe", "tiny_vwn_moe_cpu"]) == 2
+    assert "pip install 'nemo-vwn[run]'" in capsys.readouterr().err
+
+
+@needs_nemo_run
+def test_slurm_dryrun_sbatch(nemo_run_home, tmp_path):
+    from nemo_vwn.bridge import launch
+
+    recipe = "paper_moe_a3p3b_vwn_r8"
+    executor = launch.slurm_executor(
+        account="vwn_acct", partition="batch", job_dir=str(tmp_path / "jobs"),
+        nodes=launch.default_nodes(recipe), container_image="nvcr.io/nvidia/nemo:dev",
+        container_mounts=["/lustre/data:/data"], time="02:00:00")
+    sbatch = launch.dryrun_sbatch(recipe, executor, overrides=[
+        "train.train_iters=100", "model.virtual_width_n=32"], data="/data/vwn")
+    assert "#SBATCH --nodes=2" in sbatch
+    assert "#SBATCH --ntasks-per-node=1" in sbatch  # one torchrun agent per node
+    assert "#SBATCH --gpus-per-node=8" in sbatch
+    assert "#SBATCH --account=vwn_acct" in sbatch and "#SBATCH --partition=batch" in sbatch
+    assert "#SBATCH --time=02:00:00" in sbatch
+    srun = next(line for line in sbatch.splitlines() if line.startswith("srun"))
+    assert "--container-image nvcr.io/nvidia/nemo:dev" in srun
+    assert "/lustre/data:/data" in srun
+    torchrun = srun[srun.index("torchrun"):]
+    assert "--nnodes 2" in torchrun and "--nproc-per-node 8" in torchrun
+    assert "--node-rank $SLURM_NODEID" in torchrun
+    assert torchrun.endswith(
+        f"-m nemo_vwn.cli pretrain --recipe {recipe} --data /data/vwn "
+        "train.train_iters=100 model.virtual_width_n=32")
+    # nothing was submitted: the script only exists in the experiment directory
+    assert glob.glob(str(nemo_run_home / "experiments" / "**" / "*_sbatch.sh"), recursive=True)
+
+
+@needs_nemo_run
+def test_cli_slurm_dryrun(nemo_run_home, tmp_path, capsys):
+    from nemo_vwn.cli import main
+
+    assert main(["launch", "--recipe", "paper_moe_0p4b_4b_vwn_r1p5", "--executor", "slurm",
+                 "--account", "a", "--job-dir", str(tmp_path / "jobs"), "--dryrun",
+                 "optimizer.lr=1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --nodes=1" in out and "--nproc-per-node 8" in out
+    assert "--recipe paper_moe_0p4b_4b_vwn_r1p5 optimizer.lr=1e-4" in out
+
+
+@needs_nemo_run
+def test_local_two_process_launch_trains(nemo_run_home, tmp_path):
+    """A real NeMo-Run launch: LocalExecutor + torchrun, 2 gloo processes, 4 iterations."""
+    from nemo_vwn.bridge import launch
+
+    output = tmp_path / "run"
+    executor = launch.local_executor(nproc_per_node=2, env_vars={
+        "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1"})
+    launch.launch("tiny_vwn_moe_cpu", executor, output=str(output), overrides=[
+        "train.train_iters=4", "train.global_batch_size=8", "train.micro_batch_size=4",
+        "validation.eval_iters=0", "checkpoint.save_interval=1000", "logger.log_interval=1"])
+    assert glob.glob(str(nemo_run_home / "experiments" / "**" / "SUCCESS"), recursive=True)
+    description = json.loads((output / "run.json").read_text())
+    assert description["provider"] == "VWNModelProvider" and description["train_iters"] == 4
+    for rank in (0, 1):  # both torchrun workers trained 4 iterations (DP=2, one microbatch each)
+        records = json.loads((output / "records" / f"losses.rank{rank}.json").read_text())
+        assert [step for step, _, _ in records["train"]] == [1, 2, 3, 4]
+        assert all(loss == loss and tokens > 0 for _, loss, tokens in records["train"])
