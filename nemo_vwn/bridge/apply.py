@@ -88,7 +88,7 @@ def vwn_provider_class(base: type) -> type:
         )
     if issubclass(base, VWNConfigMixin):
         return base
-    if base is GPTModelProvider:
+    if base is GPTModelProvider or _is_local_twin_provider(base):
         return VWNModelProvider
     if base in _CLASS_CACHE:
         return _CLASS_CACHE[base]
@@ -103,6 +103,14 @@ def vwn_provider_class(base: type) -> type:
     _CLASS_CACHE[base] = cls
     setattr(sys.modules[__name__], name, cls)
     return cls
+
+
+def _is_local_twin_provider(base: type) -> bool:
+    """The CPU baseline twins' provider differs from GPTModelProvider only in how it builds the
+    upstream MTP block, which a VWN model replaces: its VWN variant is VWNModelProvider."""
+    from nemo_vwn.recipes.common import LocalGPTModelProvider
+
+    return base is LocalGPTModelProvider
 
 
 def __getattr__(name: str):

@@ -40,8 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="values of the new slots m..n-1 (default: random)")
 
 
+def _child_error(exc) -> str:
+    """The last exception line of a conversion process's traceback."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    errors = [line.strip() for line in lines if "Error:" in line and not line.startswith(" ")]
+    return errors[-1] if errors else lines[-1]
+
+
 def run(args) -> int:
     from nemo_vwn.convert.checkpoint import CheckpointError
+    from nemo_vwn.distributed import DistributedRunError
 
     try:
         if args.conversion == "reshard":
@@ -58,6 +66,9 @@ def run(args) -> int:
                 overwrite=args.overwrite)
     except (CheckpointError, ValueError) as exc:
         print(f"nemo-vwn convert: error: {exc}")
+        return 2
+    except DistributedRunError as exc:
+        print(f"nemo-vwn convert: error: {_child_error(exc)}")
         return 2
     print(json.dumps(report, indent=2, default=str))
     return 0
