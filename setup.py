@@ -22,6 +22,7 @@ setup(
         "nemo_vwn",
         "nemo_vwn.bridge",
         "nemo_vwn.data",
+        "nemo_vwn.hf",
         "nemo_vwn.testing",
         "nemo_vwn.kernels",
         "nemo_vwn.patches",

@@ -2,6 +2,8 @@
 
     nemo-vwn convert reshard --checkpoint runs/x/checkpoints --output runs/x_tp2 --tp 2
     nemo-vwn convert upcycle --checkpoint runs/base/checkpoints --output runs/up --n 4 --m 2
+    nemo-vwn convert export-hf --checkpoint runs/x/checkpoints --output runs/x_hf
+    nemo-vwn convert import-hf --hf-dir runs/x_hf --output runs/x_back --n 4 --m 2
 """
 
 from __future__ import annotations
@@ -38,6 +40,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     upcycle.add_argument("--embedding", default="wide", choices=("wide", "factorized"))
     upcycle.add_argument("--extra-slots", default="random", choices=("random", "copy", "zero"),
                          help="values of the new slots m..n-1 (default: random)")
+    _add_hf_arguments(sub)
+
+
+def _nonnegative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_hf_arguments(sub) -> None:
+    """export-hf / import-hf (nemo_vwn.convert.hf)."""
+    export = sub.add_parser("export-hf", help="a VWN checkpoint -> a Hugging Face model directory "
+                                              "(transformers, trust_remote_code), verified")
+    export.add_argument("--checkpoint", required=True,
+                        help="a checkpoints/ directory (its latest iteration) or an iter_* dir")
+    load = sub.add_parser("import-hf", help="a VWN Hugging Face directory -> a Megatron-Bridge "
+                                            "checkpoint, verified")
+    load.add_argument("--hf-dir", required=True, help="directory written by export-hf")
+    for command in (export, load):
+        command.add_argument("--output", required=True, help="output directory")
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        command.add_argument("--no-verify", action="store_true",
+                             help="skip the Megatron-vs-HF logits check")
+        for flag, field in (("--n", "virtual_width_n"), ("--m", "virtual_width_m"),
+                            ("--hidden-size", "hidden_size")):
+            command.add_argument(flag, type=_positive, dest=field,
+                                 help=f"fail unless the model's {field} is this")
+        command.add_argument("--experts", type=_nonnegative, dest="num_moe_experts",
+                             help="fail unless the model has this many experts (0 = dense)")
+
+
+def _run_hf(args) -> dict:
+    from nemo_vwn.convert.hf import export_hf, import_hf
+
+    expected = {k: getattr(args, k) for k in ("virtual_width_n", "virtual_width_m",
+                                              "hidden_size", "num_moe_experts")
+                if getattr(args, k) is not None}
+    if args.conversion == "export-hf":
+        return export_hf(args.checkpoint, args.output, overwrite=args.overwrite,
+                         expected=expected, verify=not args.no_verify)
+    return import_hf(args.hf_dir, args.output, overwrite=args.overwrite, expected=expected,
+                     verify=not args.no_verify)
 
 
 def _child_error(exc) -> str:
@@ -57,6 +102,8 @@ def run(args) -> int:
 
             report = reshard(args.checkpoint, args.output, tp=args.tp, pp=args.pp, ep=args.ep,
                              overwrite=args.overwrite)
+        elif args.conversion in ("export-hf", "import-hf"):
+            report = _run_hf(args)
         else:
             from nemo_vwn.convert.upcycle_checkpoint import upcycle_checkpoint
 

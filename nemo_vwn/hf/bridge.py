@@ -1,0 +1,417 @@
+"""Megatron-Bridge conversion between ``VWNGPTModel`` and the HF ``VWNForCausalLM``.
+
+``VWNBridge`` is registered with ``@MegatronModelBridge.register_bridge`` (source: the HF class,
+also by name, so a class loaded from an exported directory with ``trust_remote_code`` dispatches
+here too; target: ``VWNGPTModel``; provider: ``VWNModelProvider``). Importing this module is what
+registers it; Bridge's ``AutoBridge`` then handles VWN checkpoints like any other architecture.
+
+* ``provider_bridge(hf)``: HF config -> ``VWNModelProvider``;
+  ``megatron_to_hf_config(provider)`` / ``hf_config_from_provider``: the reverse, refusing (with
+  every offending field named) Megatron features the HF class does not implement.
+* ``mapping_registry()``: Bridge's parameter mappings: ``QKVMapping`` (megatron's fused, per
+  query-group interleaved QKV <-> q/k/v), ``GatedMLPMapping`` (fc1 = [gate; up]), ``AutoMapping``
+  (embedding, norms, projections, router, experts: TP layout detected from the module), and
+  ``ReplicatedMapping`` for the VWN tensors (GHC static/dynamic parameters, collapse, factorized
+  up-projection, MTP norms and block mixer), which are replicated over tensor-parallel ranks.
+  Both the local-spec names (``input_layernorm``, ``experts.local_experts.E``) and the Transformer
+  Engine names (``linear_qkv.layer_norm_weight``, grouped ``experts.linear_fc1.weightE``) map.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
+from megatron.bridge.models.conversion.model_bridge import (
+    MegatronModelBridge,
+    register_bridge_implementation,
+)
+from megatron.bridge.models.conversion.param_mapping import (
+    AutoMapping,
+    GatedMLPMapping,
+    QKVMapping,
+    ReplicatedMapping,
+)
+import torch.nn.functional as F
+from megatron.core.activations import fast_gelu, quick_gelu, squared_relu
+
+from nemo_vwn.bridge.provider import VWNModelProvider
+from nemo_vwn.hf.configuration_vwn import VWNHFConfig
+from nemo_vwn.hf.modeling_vwn import VWNForCausalLM
+from nemo_vwn.model import VWNGPTModel
+
+MODEL_TYPE = "vwn"
+
+GHC_PARAMS = ("static_alpha", "static_beta", "norm_weight", "dynamic_alpha_proj",
+              "dynamic_beta_proj", "dynamic_alpha_scale", "dynamic_beta_scale")
+
+
+class UnsupportedFeatureError(ValueError):
+    """A Megatron setting the HF ``VWNForCausalLM`` does not implement (named in the message)."""
+
+
+# ------------------------------------------------------------------------------ activations
+def _activation_table():
+    table = [(F.gelu, "gelu"), (F.silu, "silu"), (F.relu, "relu"), (squared_relu, "squared_relu"),
+             (fast_gelu, "fast_gelu"), (quick_gelu, "quick_gelu")]
+    try:  # Bridge's activation map uses this second quick_gelu object
+        from megatron.core.fusions.fused_bias_geglu import quick_gelu as fused_quick_gelu
+
+        table.append((fused_quick_gelu, "quick_gelu"))
+    except ImportError:  # pragma: no cover
+        pass
+    return table
+
+
+def activation_name(func) -> str:
+    for candidate, name in _activation_table():
+        if func is candidate:
+            return name
+    raise UnsupportedFeatureError(
+        f"activation_func={getattr(func, '__name__', func)!r} has no HF equivalent; supported: "
+        "F.gelu, F.silu, F.relu, squared_relu, fast_gelu, quick_gelu")
+
+
+def activation_func(name: str):
+    for candidate, known in _activation_table():
+        if known == name:
+            return candidate
+    raise UnsupportedFeatureError(f"hidden_act={name!r} is not one of "
+                                  f"{sorted({n for _, n in _activation_table()})}")
+
+
+# ------------------------------------------------------------------------------ config
+# Megatron fields that must hold their default for the HF class to compute the same function.
+_MUST_BE_DEFAULT = (
+    ("multi_latent_attention", False), ("rotary_interleaved", False), ("rope_scaling", False),
+    ("seq_len_interpolation_factor", None), ("window_size", None), ("softmax_type", "vanilla"),
+    ("qk_l2_norm", False), ("attention_output_gate", False), ("no_rope_freq", None),
+    ("experimental_attention_variant", None), ("fp32_residual_connection", False),
+    ("apply_residual_connection_post_layernorm", False), ("glu_linear_offset", 0.0),
+    ("activation_func_clamp_value", None), ("use_mup", False), ("heterogeneous_block_specs", False),
+    ("moe_shared_expert_intermediate_size", None), ("moe_latent_size", None),
+    ("moe_router_num_groups", None), ("moe_router_group_topk", None),
+    ("moe_expert_capacity_factor", None), ("moe_apply_probs_on_input", False),
+    ("moe_router_force_load_balancing", False), ("moe_router_force_biased", None),
+)
+_ROUTING_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss", "none")
+_ROUTER_DTYPES = {None: None, "fp32": "fp32", "fp64": "fp64"}
+
+
+def _unsupported(provider) -> list[str]:
+    problems = []
+    for name, default in _MUST_BE_DEFAULT:
+        value = getattr(provider, name, default)
+        if value != default and not (default is False and value is None):
+            problems.append(f"{name}={value!r} (HF export supports only {default!r})")
+    if provider.position_embedding_type not in ("rope", "learned_absolute", "none"):
+        problems.append(f"position_embedding_type={provider.position_embedding_type!r} "
+                        "(supported: rope, learned_absolute, none)")
+    if provider.normalization not in ("RMSNorm", "LayerNorm"):
+        problems.append(f"normalization={provider.normalization!r} (supported: RMSNorm, LayerNorm)")
+    if getattr(provider, "apply_query_key_layer_scaling", False) and getattr(provider, "fp16", False):
+        problems.append("apply_query_key_layer_scaling=True with fp16")
+    if provider.num_moe_experts:
+        if provider.add_bias_linear:
+            problems.append("add_bias_linear=True with MoE (expert/router biases)")
+        if getattr(provider, "moe_router_load_balancing_type", "aux_loss") not in _ROUTING_TYPES:
+            problems.append(f"moe_router_load_balancing_type="
+                            f"{provider.moe_router_load_balancing_type!r} (changes routing at "
+                            f"inference; supported: {', '.join(_ROUTING_TYPES)})")
+        if provider.moe_router_score_function not in ("softmax", "sigmoid", "sqrtsoftplus"):
+            problems.append(f"moe_router_score_function={provider.moe_router_score_function!r}")
+        if getattr(provider, "moe_router_dtype", None) not in _ROUTER_DTYPES:
+            problems.append(f"moe_router_dtype={provider.moe_router_dtype!r}")
+    return problems
+
+
+def _moe_layer_pattern(provider) -> Optional[list[int]]:
+    freq = getattr(provider, "moe_layer_freq", 1)
+    layers = provider.num_layers
+    if isinstance(freq, int):
+        pattern = [1 if i % freq == 0 else 0 for i in range(layers)]
+    else:
+        pattern = [int(v) for v in freq]
+    return None if all(pattern) else pattern
+
+
+def hf_config_from_provider(provider, vocab_rows: Optional[int] = None) -> VWNHFConfig:
+    """The ``VWNHFConfig`` of a VWN provider (a ``VWNModelProvider`` or any VWN config).
+
+    ``vocab_rows``: the (padded) number of rows of the Megatron embedding table, which is the
+    HF ``vocab_size``; defaults to the provider's unpadded vocabulary.
+    Raises ``UnsupportedFeatureError`` naming every setting the HF class does not implement.
+    """
+    if getattr(provider, "virtual_width_n", None) is None:
+        raise UnsupportedFeatureError(
+            f"{type(provider).__name__} is not a VWN config (no virtual_width_n); export "
+            "baseline GPT checkpoints with Megatron-Bridge's own bridges")
+    problems = _unsupported(provider)
+    act = None
+    try:
+        act = activation_name(provider.activation_func)
+    except UnsupportedFeatureError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise UnsupportedFeatureError("the HF VWNForCausalLM does not implement: "
+                                      + "; ".join(problems))
+    moe = bool(provider.num_moe_experts)
+    dtype = "bfloat16" if provider.bf16 else "float16" if provider.fp16 else "float32"
+    return VWNHFConfig(
+        vocab_size=vocab_rows or provider.vocab_size,
+        hidden_size=provider.hidden_size,
+        intermediate_size=provider.ffn_hidden_size,
+        num_hidden_layers=provider.num_layers,
+        num_attention_heads=provider.num_attention_heads,
+        num_key_value_heads=provider.num_query_groups or provider.num_attention_heads,
+        head_dim=provider.kv_channels,
+        hidden_act=act,
+        gated_linear_unit=bool(provider.gated_linear_unit),
+        normalization=provider.normalization,
+        norm_epsilon=provider.layernorm_epsilon,
+        norm_zero_centered_gamma=bool(provider.layernorm_zero_centered_gamma),
+        qkv_bias=bool(provider.add_bias_linear or provider.add_qkv_bias),
+        linear_bias=bool(provider.add_bias_linear),
+        qk_layernorm=bool(provider.qk_layernorm),
+        position_embedding_type=provider.position_embedding_type,
+        rope_theta=float(provider.rotary_base),
+        partial_rotary_factor=float(provider.rotary_percent),
+        max_position_embeddings=provider.seq_length,
+        attention_softmax_scale=getattr(provider, "softmax_scale", None),
+        attention_dropout=provider.attention_dropout,
+        hidden_dropout=provider.hidden_dropout,
+        num_experts=provider.num_moe_experts if moe else None,
+        num_experts_per_tok=provider.moe_router_topk if moe else 2,
+        moe_intermediate_size=(provider.moe_ffn_hidden_size or provider.ffn_hidden_size) if moe else None,
+        moe_layer_pattern=_moe_layer_pattern(provider) if moe else None,
+        router_score_function=provider.moe_router_score_function if moe else "softmax",
+        router_pre_softmax=bool(provider.moe_router_pre_softmax) if moe else False,
+        router_topk_scaling_factor=provider.moe_router_topk_scaling_factor if moe else None,
+        router_expert_bias=bool(provider.moe_router_enable_expert_bias) if moe else False,
+        router_dtype=getattr(provider, "moe_router_dtype", None) if moe else None,
+        virtual_width_n=provider.virtual_width_n,
+        virtual_width_m=provider.virtual_width_m,
+        ghc_dynamic=bool(provider.ghc_dynamic),
+        ghc_fp32_coefficients=bool(provider.ghc_fp32_coefficients),
+        vwn_embedding=provider.vwn_embedding,
+        vwn_collapse=provider.vwn_collapse,
+        mtp_num_layers=provider.mtp_num_layers or 0,
+        mtp_use_repeated_layer=bool(getattr(provider, "mtp_use_repeated_layer", False)),
+        megatron_vocab_size=provider.vocab_size,
+        megatron_make_vocab_size_divisible_by=provider.make_vocab_size_divisible_by,
+        initializer_range=provider.init_method_std,
+        tie_word_embeddings=bool(provider.share_embeddings_and_output_weights),
+        architectures=["VWNForCausalLM"],
+        dtype=dtype,
+    )
+
+
+def _vocab_for_megatron(config: VWNHFConfig) -> tuple[int, int, bool]:
+    """(vocab_size, make_vocab_size_divisible_by, should_pad_vocab) of a provider whose TP=1
+    embedding table has ``config.vocab_size`` rows: Megatron's own values when they give that
+    table (exact round trip), else the table size itself, unpadded."""
+    original, divisor = config.megatron_vocab_size, config.megatron_make_vocab_size_divisible_by
+    if original == config.vocab_size:
+        return original, divisor or 128, False
+    if original and divisor and -(-original // divisor) * divisor == config.vocab_size:
+        return original, divisor, True
+    divisor = 128
+    while config.vocab_size % divisor:
+        divisor //= 2
+    return config.vocab_size, divisor, False
+
+
+def provider_from_hf_config(config: VWNHFConfig, **overrides) -> VWNModelProvider:
+    """A ``VWNModelProvider`` computing the same function as ``VWNForCausalLM(config)``."""
+    vocab, divisor, pad = _vocab_for_megatron(config)
+    dtype = getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    moe = bool(config.num_experts)
+    fields = dict(
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        ffn_hidden_size=config.intermediate_size,
+        num_attention_heads=config.num_attention_heads,
+        num_query_groups=config.num_key_value_heads,
+        kv_channels=config.head_dim,
+        activation_func=activation_func(config.hidden_act),
+        gated_linear_unit=config.gated_linear_unit,
+        normalization=config.normalization,
+        layernorm_epsilon=config.norm_epsilon,
+        layernorm_zero_centered_gamma=config.norm_zero_centered_gamma,
+        add_bias_linear=config.linear_bias,
+        add_qkv_bias=config.qkv_bias,
+        qk_layernorm=config.qk_layernorm,
+        position_embedding_type=config.position_embedding_type,
+        rotary_base=config.rope_theta,
+        rotary_percent=config.partial_rotary_factor,
+        seq_length=config.max_position_embeddings,
+        softmax_scale=config.attention_softmax_scale,
+        attention_dropout=config.attention_dropout,
+        hidden_dropout=config.hidden_dropout,
+        vocab_size=vocab,
+        make_vocab_size_divisible_by=divisor,
+        should_pad_vocab=pad,
+        share_embeddings_and_output_weights=config.tie_word_embeddings,
+        init_method_std=config.initializer_range,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        virtual_width_n=config.virtual_width_n,
+        virtual_width_m=config.virtual_width_m,
+        ghc_dynamic=config.ghc_dynamic,
+        ghc_fp32_coefficients=config.ghc_fp32_coefficients,
+        vwn_embedding=config.vwn_embedding,
+        vwn_collapse=config.vwn_collapse,
+        mtp_num_layers=config.mtp_num_layers or None,
+        mtp_use_repeated_layer=config.mtp_use_repeated_layer,
+    )
+    if config.linear_bias and not config.qkv_bias:
+        raise UnsupportedFeatureError("linear_bias=True with qkv_bias=False has no Megatron "
+                                      "equivalent (add_bias_linear also biases QKV)")
+    if moe:
+        fields.update(
+            num_moe_experts=config.num_experts,
+            moe_router_topk=config.num_experts_per_tok,
+            moe_ffn_hidden_size=config.moe_intermediate_size,
+            moe_layer_freq=config.moe_layer_pattern or 1,
+            moe_router_score_function=config.router_score_function,
+            moe_router_pre_softmax=config.router_pre_softmax,
+            moe_router_topk_scaling_factor=config.router_topk_scaling_factor,
+            moe_router_enable_expert_bias=config.router_expert_bias,
+            moe_router_dtype=config.router_dtype,
+        )
+    fields.update(overrides)
+    return VWNModelProvider(**fields)
+
+
+# ------------------------------------------------------------------------------ mappings
+def _layer_mappings(mg: str, hf: str, config: VWNHFConfig, moe: bool) -> list:
+    """Mappings of one VWN layer: megatron prefix ``mg`` (ends with '.'), HF prefix ``hf``."""
+    maps = []
+    auto = [  # (megatron suffix, HF suffix)
+        ("input_layernorm.weight", "input_layernorm.weight"),
+        ("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight"),
+        ("pre_mlp_layernorm.weight", "pre_mlp_layernorm.weight"),
+        ("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"),
+        ("self_attention.linear_proj.weight", "self_attn.o_proj.weight"),
+        ("self_attention.q_layernorm.weight", "self_attn.q_norm.weight"),
+        ("self_attention.k_layernorm.weight", "self_attn.k_norm.weight"),
+    ]
+    if config.normalization == "LayerNorm":
+        auto += [("input_layernorm.bias", "input_layernorm.bias"),
+                 ("self_attention.linear_qkv.layer_norm_bias", "input_layernorm.bias"),
+                 ("pre_mlp_layernorm.bias", "pre_mlp_layernorm.bias"),
+                 ("mlp.linear_fc1.layer_norm_bias", "pre_mlp_layernorm.bias"),
+                 ("self_attention.q_layernorm.bias", "self_attn.q_norm.bias"),
+                 ("self_attention.k_layernorm.bias", "self_attn.k_norm.bias")]
+    if config.linear_bias:
+        auto.append(("self_attention.linear_proj.bias", "self_attn.o_proj.bias"))
+    maps += [AutoMapping(mg + m, hf + h) for m, h in auto]
+    qkv = {k: f"{hf}self_attn.{k}_proj" for k in "qkv"}
+    maps.append(QKVMapping(mg + "self_attention.linear_qkv.weight",
+                           **{k: v + ".weight" for k, v in qkv.items()}))
+    if config.qkv_bias:
+        maps.append(QKVMapping(mg + "self_attention.linear_qkv.bias",
+                               **{k: v + ".bias" for k, v in qkv.items()}))
+    for ghc_mg, ghc_hf in (("self_attention_ghc", "attn_ghc"), ("mlp_ghc", "mlp_ghc")):
+        maps += [ReplicatedMapping(f"{mg}{ghc_mg}.{p}", f"{hf}{ghc_hf}.{p}") for p in GHC_PARAMS]
+    if moe:
+        maps.append(AutoMapping(mg + "mlp.router.weight", hf + "mlp.router.weight"))
+        maps.append(AutoMapping(mg + "mlp.router.expert_bias", hf + "mlp.router.expert_bias"))
+        for mg_fc1, mg_fc2 in (("mlp.experts.local_experts.*.linear_fc1.weight",
+                                "mlp.experts.local_experts.*.linear_fc2.weight"),
+                               ("mlp.experts.linear_fc1.weight*", "mlp.experts.linear_fc2.weight*")):
+            maps += _mlp_mappings(mg + mg_fc1, mg + mg_fc2, hf + "mlp.experts.*.", config, "weight")
+    else:
+        maps += _mlp_mappings(mg + "mlp.linear_fc1.weight", mg + "mlp.linear_fc2.weight",
+                              hf + "mlp.", config, "weight")
+        if config.linear_bias:
+            maps += _mlp_mappings(mg + "mlp.linear_fc1.bias", mg + "mlp.linear_fc2.bias",
+                                  hf + "mlp.", config, "bias")
+    return maps
+
+
+def _mlp_mappings(fc1: str, fc2: str, hf: str, config: VWNHFConfig, kind: str) -> list:
+    maps = [AutoMapping(fc2, f"{hf}down_proj.{kind}")]
+    if config.gated_linear_unit:
+        maps.append(GatedMLPMapping(fc1, gate=f"{hf}gate_proj.{kind}", up=f"{hf}up_proj.{kind}"))
+    else:
+        maps.append(AutoMapping(fc1, f"{hf}up_proj.{kind}"))
+    return maps
+
+
+def mapping_registry_for(config: VWNHFConfig) -> MegatronMappingRegistry:
+    """Every parameter of ``VWNGPTModel`` <-> ``VWNForCausalLM`` for one config."""
+    maps = [
+        AutoMapping("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+        ReplicatedMapping("embedding.up_proj_weight", "model.embed_up_proj"),
+        ReplicatedMapping("embedding.position_embeddings.weight", "model.embed_positions.weight"),
+        ReplicatedMapping("decoder.final_layernorm.weight", "model.norm.weight"),
+        ReplicatedMapping("decoder.final_layernorm.bias", "model.norm.bias"),
+        ReplicatedMapping("decoder.final_layernorm.collapse.group_norm_weight",
+                          "model.collapse.group_norm_weight"),
+        ReplicatedMapping("decoder.final_layernorm.collapse.reduce_weight",
+                          "model.collapse.reduce.weight"),
+        AutoMapping("output_layer.weight", "lm_head.weight"),
+    ]
+    layers = config.num_hidden_layers
+    moe_layers = sorted({config.is_moe_layer(i) for i in range(layers)})
+    for moe in moe_layers:
+        if len(moe_layers) == 1:
+            maps += _layer_mappings("decoder.layers.*.", "model.layers.*.", config, moe)
+        else:  # mixed dense/MoE: one set of mappings per layer index
+            for i in range(layers):
+                if config.is_moe_layer(i) == moe:
+                    maps += _layer_mappings(f"decoder.layers.{i}.", f"model.layers.{i}.", config, moe)
+    if config.mtp_num_layers:
+        mtp_moe = config.is_moe_layer(layers - 1)
+        maps += _layer_mappings("mtp.layers.*.mtp_model_layer.", "model.mtp_layers.*.layer.",
+                                config, mtp_moe)
+        maps += [ReplicatedMapping("mtp.layers.*.hnorm.weight", "model.mtp_layers.*.hnorm.weight"),
+                 ReplicatedMapping("mtp.layers.*.enorm.weight", "model.mtp_layers.*.enorm.weight"),
+                 ReplicatedMapping("mtp.layers.*.block_mixer.weight",
+                                   "model.mtp_layers.*.block_mixer.weight")]
+        if config.normalization == "LayerNorm":
+            maps += [ReplicatedMapping("mtp.layers.*.hnorm.bias", "model.mtp_layers.*.hnorm.bias"),
+                     ReplicatedMapping("mtp.layers.*.enorm.bias", "model.mtp_layers.*.enorm.bias")]
+    return MegatronMappingRegistry(*maps)
+
+
+# ------------------------------------------------------------------------------ the bridge
+@MegatronModelBridge.register_bridge(source=VWNForCausalLM, target=VWNGPTModel,
+                                     provider=VWNModelProvider, model_type=MODEL_TYPE)
+class VWNBridge(MegatronModelBridge):
+    """Megatron-Bridge bridge for Virtual Width Networks (HF ``VWNForCausalLM`` <->
+    ``VWNGPTModel``); see the module docstring."""
+
+    def provider_bridge(self, hf_pretrained) -> VWNModelProvider:
+        config = getattr(hf_pretrained, "config", hf_pretrained)
+        if getattr(config, "model_type", None) != MODEL_TYPE:
+            raise UnsupportedFeatureError(
+                f"VWNBridge converts model_type 'vwn', got {getattr(config, 'model_type', None)!r}")
+        if not isinstance(config, VWNHFConfig):  # a copy loaded from an exported dir's code
+            config = VWNHFConfig(**config.to_dict())
+        return provider_from_hf_config(config)
+
+    @classmethod
+    def megatron_to_hf_config(cls, provider) -> dict:
+        return hf_config_from_provider(provider).to_dict()
+
+    def mapping_registry(self) -> MegatronMappingRegistry:
+        config = self.hf_config
+        if config is None:
+            raise ValueError("VWNBridge.mapping_registry() needs the HF config (set by AutoBridge)")
+        if not isinstance(config, VWNHFConfig):
+            config = VWNHFConfig(**config.to_dict())
+        return mapping_registry_for(config)
+
+
+# A VWNForCausalLM loaded with trust_remote_code is a different class object of the same name:
+# register the name too, which is also what AutoBridge looks up for configs with an auto_map.
+register_bridge_implementation(source="VWNForCausalLM", target=VWNGPTModel, bridge_class=VWNBridge)
+
+__all__ = ["UnsupportedFeatureError", "VWNBridge", "hf_config_from_provider",
+           "mapping_registry_for", "provider_from_hf_config"]
