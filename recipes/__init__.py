@@ -31,11 +31,13 @@ class RecipeInfo:
 @functools.lru_cache(maxsize=None)
 def all_recipes() -> dict[str, RecipeInfo]:
     """name -> RecipeInfo for every recipe (imports the recipe modules on first call)."""
-    from nemo_vwn.recipes import paper, tiny
+    from nemo_vwn.recipes import paper, study, tiny
 
     pairs = [
         (tiny.tiny_vwn_moe_cpu, tiny.tiny_moe_cpu),
         (tiny.tiny_vwn_dense_cpu, tiny.tiny_dense_cpu),
+        (study.study_vwn_moe_cpu, study.study_moe_cpu),
+        (study.study_vwn_moe_gpu, study.study_moe_gpu),
         *paper.PAIRS,
     ]
     table = {}

@@ -1,0 +1,55 @@
+"""The token-efficiency study's plan and arithmetic (benchmarks/token_efficiency.py; the study
+itself is not CI): the variant plan and the fit (vs numpy). The study recipes' twins are checked
+with every other recipe in tests/bridge/test_recipes.py."""
+
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location(
+        "token_efficiency", os.path.join(REPO, "benchmarks", "token_efficiency.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_log_linear_matches_numpy(study):
+    rng = np.random.default_rng(0)
+    rs = [1.5, 2, 4, 8]
+    ys = [-0.03 * math.log2(r) + 0.01 + e for r, e in zip(rs, rng.normal(0, 0.004, 4))]
+    slope, intercept, r2 = study.fit_log_linear(list(zip(rs, ys)))
+    xs = np.log2(rs)
+    ref_slope, ref_intercept = np.polyfit(xs, ys, 1)
+    ref_r2 = np.corrcoef(xs, ys)[0, 1] ** 2
+    assert slope == pytest.approx(ref_slope, rel=1e-10)
+    assert intercept == pytest.approx(ref_intercept, rel=1e-10)
+    assert r2 == pytest.approx(ref_r2, rel=1e-10)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_variants_cover_every_r_with_and_without_mtp(study, preset):
+    runs = study.variants(study.PRESETS[preset])
+    names = [name for name, *_ in runs]
+    assert len(set(names)) == len(names) == 10
+    m = study.PRESETS[preset]["m"]
+    for name, recipe, overrides, r, mtp in runs:
+        assert ("model.mtp_num_layers=1" in overrides) == mtp == name.endswith("_mtp")
+        if r == 1.0:
+            assert recipe == study.PRESETS[preset]["base"]
+            assert not any("virtual_width" in o for o in overrides)
+            continue
+        assert recipe == study.PRESETS[preset]["vwn"]
+        fields = dict(o.split("=", 1) for o in overrides)
+        n, m_run = int(fields["model.virtual_width_n"]), int(fields["model.virtual_width_m"])
+        assert n / m_run == r and m_run == (2 if r == 1.5 else m)
+        assert (fields.get("model.vwn_collapse") == "linear") == (r == 1.5)
+    assert sorted({r for *_, r, _ in runs}) == [1.0, 1.5, 2.0, 4.0, 8.0]
+
