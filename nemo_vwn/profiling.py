@@ -43,3 +43,49 @@ def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.T
     total = sum(seen.values())
     loss.float().sum().backward()
     return total
+
+
+# ---------------------------------------------------------------------------------- FLOPs
+def ghc_flops_per_token(hidden_size: int, n: int, m: int, dynamic: bool = True) -> dict:
+    """Forward FLOPs per token of one GHC (read + write), vwn-method.md section 6 (paper Sec 3.5).
+
+    With r = n/m and D = hidden_size: norm 4rD (dynamic only; not a matmul), dynamic coefficients
+    2(2m+n)rD (RMSNorm_d(H) @ [W_alpha | W_beta]), width connection 2(m+n)rD (Aᵀ H) and depth
+    connection 2nD (Bᵀ Z). A GHC-wrapped layer has two GHCs (attention and MLP).
+    """
+    r = n / m
+    parts = {
+        "norm": 4 * r * hidden_size if dynamic else 0.0,
+        "dynamic_coefficients": 2 * (2 * m + n) * r * hidden_size if dynamic else 0.0,
+        "width_connection": 2 * (m + n) * r * hidden_size,
+        "depth_connection": 2 * n * hidden_size,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def backbone_flops_per_token(config, seq_length: int) -> float:
+    """Forward FLOPs per token of one stock transformer layer's matmuls (attention + MLP/MoE).
+
+    Linear layers: 2 x (their weights a token meets); attention scores and values: 4 x seq x
+    (heads x head_dim) as an unfused kernel computes them (a causal flash kernel does about half).
+    MoE: the router (2 D E) plus top-k experts per token (shared experts included).
+    """
+    D = config.hidden_size
+    head_dim = config.kv_channels or D // config.num_attention_heads
+    q_width = config.num_attention_heads * head_dim
+    kv_width = (config.num_query_groups or config.num_attention_heads) * head_dim
+    attention = 2 * D * (q_width + 2 * kv_width) + 2 * q_width * D + 4 * seq_length * q_width
+    gate = 2 if config.gated_linear_unit else 1
+
+    def ffn(width):
+        return 2 * D * width * gate + 2 * width * D
+
+    if config.num_moe_experts:
+        mlp = 2 * D * config.num_moe_experts + config.moe_router_topk * ffn(
+            config.moe_ffn_hidden_size)
+        if config.moe_shared_expert_intermediate_size:
+            mlp += ffn(config.moe_shared_expert_intermediate_size)
+    else:
+        mlp = ffn(config.ffn_hidden_size)
+    return float(attention + mlp)
