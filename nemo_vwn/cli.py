@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_arguments(sub.add_parser("data", help="build a tokenizer + indexed dataset"))
     from nemo_vwn.convert import cli as convert_cli
 
-    convert_cli.add_arguments(sub.add_parser("convert", help="reshard / upcycle checkpoints"))
+    convert_cli.add_arguments(sub.add_parser(
+        "convert", help="upcycle, reshard, Hugging Face export/import of checkpoints"))
     pretrain = sub.add_parser("pretrain", help="train a recipe with Megatron-Bridge pretrain()")
     compare = sub.add_parser("compare", help="a VWN recipe vs its baseline twin: table + plot")
     for command in (pretrain, compare):
