@@ -59,19 +59,11 @@ HF_INDEX = "model.safetensors.index.json"
 
 
 # ---------------------------------------------------------------------------------- runtime
-@contextlib.contextmanager
 def _without_upstream_mtp_spec():
-    """Bridge's provide() builds an upstream MTP spec with Transformer Engine hard-coded, which
-    VWNGPTModel discards (it builds its own MTP block) and which fails without TE; skip it.
-    (The lead's provider.py carries the same guard on main; harmless when nested.)"""
-    import megatron.bridge.models.gpt_provider as gpt_provider
+    """Bridge's provide() without its TE-only upstream MTP spec (see bridge/provider.py)."""
+    from nemo_vwn.bridge.provider import _without_upstream_mtp_spec as guard
 
-    original = gpt_provider.mtp_block_spec
-    gpt_provider.mtp_block_spec = lambda config, vp_stage=None: None
-    try:
-        yield
-    finally:
-        gpt_provider.mtp_block_spec = original
+    return guard()
 
 
 @contextlib.contextmanager
