@@ -53,9 +53,12 @@ def test_regression_anchor_n_equals_m_is_the_stock_model(megatron_cpu, moe, dyna
     loss_v.sum().backward()
     vwn_params = dict(vwn.named_parameters())
     for name, param in stock.named_parameters():
-        # Same math; CPU reductions may round differently with buffer alignment (~1 ulp).
-        torch.testing.assert_close(vwn_params[name].grad, param.grad, rtol=1e-5, atol=1e-6,
-                                   msg=name)
+        # Same math; CPU reductions (bias grads sum over s*b tokens) may round in another order
+        # with other buffer layouts, so the bound is relative to the gradient's scale: measured
+        # 4e-6 on a bias grad of max 13.4 (3e-7 relative, ~2 ulp) on an AVX-512 machine.
+        diff = (vwn_params[name].grad - param.grad).abs().max().item()
+        scale = param.grad.abs().max().item()
+        assert diff <= 1e-6 * max(scale, 1.0), (name, diff, scale)
 
 
 @pytest.mark.parametrize("m,n", [(2, 3), (2, 4), (8, 16)])

@@ -72,14 +72,14 @@ def _single_process_megatron():
     import torch.distributed as dist
     from megatron.core import parallel_state, tensor_parallel
 
+    from nemo_vwn.testing.cpu import destroy_parallel_layout, free_port
+
     created_group = created_mpu = False
     if dist.is_initialized():
         if dist.get_world_size() != 1:
             raise CheckpointError("HF export/import runs in one process; got world size "
                                   f"{dist.get_world_size()}")
     else:
-        from nemo_vwn.testing.cpu import free_port
-
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}",
                                 rank=0, world_size=1)
@@ -93,7 +93,7 @@ def _single_process_megatron():
         yield
     finally:
         if created_mpu:
-            parallel_state.destroy_model_parallel()
+            destroy_parallel_layout()
         if created_group:
             dist.destroy_process_group()
 

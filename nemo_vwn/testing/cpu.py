@@ -70,8 +70,7 @@ def set_parallel_layout(
     """(Re)initialise megatron's process groups for a layout and reseed every RNG."""
     from megatron.core import parallel_state, tensor_parallel
 
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    destroy_parallel_layout()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
@@ -81,3 +80,23 @@ def set_parallel_layout(
     )
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel_layout() -> None:
+    """Undo ``initialize_model_parallel``, releasing its process groups.
+
+    megatron's ``destroy_model_parallel`` only forgets its ~20 groups; torch keeps every one alive
+    (with two gloo threads each) until the process ends. A pytest process that re-initialises for
+    every test accumulated ~5000 threads and slowed the whole machine, so the groups are destroyed
+    here; the default (world) group stays.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        world = dist.GroupMember.WORLD
+        for group in list(dist.distributed_c10d._world.pg_map):
+            if group is not world:
+                dist.destroy_process_group(group)
