@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/token_efficiency.py --preset cpu --output runs/study
     .venv/bin/python benchmarks/token_efficiency.py --preset gpu --output runs/study_gpu   # H100/H200
+    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact --data runs/study/data \
+        --embedding factorized --only baseline vwn_r4 vwn_r8      # the VWN runs without a wide table
 
 Trains, through ``nemo-vwn pretrain`` (Megatron-Bridge ``pretrain()``) on the local corpus of
 ``nemo-vwn data`` (Python's standard library, local BPE), with the same backbone, data order, tokens
@@ -44,8 +46,10 @@ PRESETS = {
 FACTORS = (1.5, 2, 4, 8)
 
 
-def variants(preset: dict):
-    """(name, recipe, overrides, r, mtp) for every run of the study."""
+def variants(preset: dict, embedding: str = "wide"):
+    """(name, recipe, overrides, r, mtp) for every run of the study; ``embedding`` is the VWN
+    runs' ``vwn_embedding`` ("factorized": a width-D table + Linear D -> D', which keeps the
+    table's parameters at the baseline's size)."""
     runs = []
     for mtp in (False, True):
         suffix, extra = ("_mtp", ["model.mtp_num_layers=1"]) if mtp else ("", [])
@@ -55,6 +59,8 @@ def variants(preset: dict):
             overrides = [f"model.virtual_width_m={m}", f"model.virtual_width_n={n}"]
             if r == 1.5:
                 overrides.append("model.vwn_collapse=linear")
+            if embedding != "wide":
+                overrides.append(f"model.vwn_embedding={embedding}")
             runs.append((f"vwn_r{r:g}{suffix}", preset["vwn"], overrides + extra, float(r), mtp))
     return runs
 
@@ -237,6 +243,8 @@ def main():
     parser.add_argument("--output", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--data", default=None, help="dataset dir (default: <output>/data)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
+    parser.add_argument("--embedding", choices=("wide", "factorized"), default="wide",
+                        help="vwn_embedding of the VWN runs (default: wide, the recipe's)")
     args, user_overrides = parser.parse_known_args()
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]
@@ -246,7 +254,7 @@ def main():
     from nemo_vwn.cli import _ensure_dataset
 
     data = _ensure_dataset(args.data or os.path.join(root, "data"))
-    runs = [v for v in variants(PRESET) if not args.only or v[0] in args.only]
+    runs = [v for v in variants(PRESET, args.embedding) if not args.only or v[0] in args.only]
     for name, recipe, overrides, r, mtp in runs:
         run_one(name, recipe, overrides, os.path.join(root, name), data, user_overrides,
                 PRESET["nproc"])

@@ -53,3 +53,11 @@ def test_variants_cover_every_r_with_and_without_mtp(study, preset):
         assert (fields.get("model.vwn_collapse") == "linear") == (r == 1.5)
     assert sorted({r for *_, r, _ in runs}) == [1.0, 1.5, 2.0, 4.0, 8.0]
 
+
+
+def test_factorized_embedding_applies_to_the_vwn_runs_only(study):
+    runs = study.variants(study.PRESETS["cpu"], embedding="factorized")
+    for name, recipe, overrides, r, mtp in runs:
+        assert ("model.vwn_embedding=factorized" in overrides) == (r > 1), name
+    wide = study.variants(study.PRESETS["cpu"])
+    assert not any("vwn_embedding" in o for *_, overrides, _r, _m in wide for o in overrides)
