@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/token_efficiency.py --preset gpu --output runs/study_gpu   # H100/H200
     .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact --data runs/study/data \
         --embedding factorized --only baseline vwn_r4 vwn_r8      # the VWN runs without a wide table
+    (add ``--embedding-up-init scaled`` for the up-projection init N(0, 1/D), vwn_embedding_up_init)
 
 Trains, through ``nemo-vwn pretrain`` (Megatron-Bridge ``pretrain()``) on the local corpus of
 ``nemo-vwn data`` (Python's standard library, local BPE), with the same backbone, data order, tokens
@@ -46,10 +47,12 @@ PRESETS = {
 FACTORS = (1.5, 2, 4, 8)
 
 
-def variants(preset: dict, embedding: str = "wide"):
+def variants(preset: dict, embedding: str = "wide", up_init: str = "normal"):
     """(name, recipe, overrides, r, mtp) for every run of the study; ``embedding`` is the VWN
     runs' ``vwn_embedding`` ("factorized": a width-D table + Linear D -> D', which keeps the
-    table's parameters at the baseline's size)."""
+    table's parameters at the baseline's size) and ``up_init`` their ``vwn_embedding_up_init``."""
+    if up_init != "normal" and embedding != "factorized":
+        raise ValueError(f"--embedding-up-init={up_init!r} needs --embedding factorized")
     runs = []
     for mtp in (False, True):
         suffix, extra = ("_mtp", ["model.mtp_num_layers=1"]) if mtp else ("", [])
@@ -61,6 +64,8 @@ def variants(preset: dict, embedding: str = "wide"):
                 overrides.append("model.vwn_collapse=linear")
             if embedding != "wide":
                 overrides.append(f"model.vwn_embedding={embedding}")
+            if up_init != "normal":
+                overrides.append(f"model.vwn_embedding_up_init={up_init}")
             runs.append((f"vwn_r{r:g}{suffix}", preset["vwn"], overrides + extra, float(r), mtp))
     return runs
 
@@ -245,6 +250,8 @@ def main():
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--embedding", choices=("wide", "factorized"), default="wide",
                         help="vwn_embedding of the VWN runs (default: wide, the recipe's)")
+    parser.add_argument("--embedding-up-init", choices=("normal", "scaled"), default="normal",
+                        help="vwn_embedding_up_init of the factorized VWN runs (default: normal)")
     args, user_overrides = parser.parse_known_args()
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]
@@ -254,7 +261,7 @@ def main():
     from nemo_vwn.cli import _ensure_dataset
 
     data = _ensure_dataset(args.data or os.path.join(root, "data"))
-    runs = [v for v in variants(PRESET, args.embedding) if not args.only or v[0] in args.only]
+    runs = [v for v in variants(PRESET, args.embedding, args.embedding_up_init) if not args.only or v[0] in args.only]
     for name, recipe, overrides, r, mtp in runs:
         run_one(name, recipe, overrides, os.path.join(root, name), data, user_overrides,
                 PRESET["nproc"])

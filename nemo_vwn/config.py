@@ -21,6 +21,7 @@ from typing import Optional
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 EMBEDDING_CHOICES = ("wide", "factorized")
+EMBEDDING_UP_INIT_CHOICES = ("normal", "scaled")
 COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
 COLLAPSE_INIT_CHOICES = ("normal", "identity")
 GHC_IMPL_CHOICES = ("torch", "triton", "auto")
@@ -68,6 +69,12 @@ class VWNConfigMixin:
     vwn_embedding: str = "wide"
     """"wide": a vocabulary table of width D' (every slot distinct); "factorized": a width-D
     table followed by one Linear D -> D' (the paper's option for large r)."""
+
+    vwn_embedding_up_init: str = "normal"
+    """[choice] Init of the factorized up-projection D -> D': "normal" = Megatron's init_method
+    (std sigma, so a wide element has std ~ sigma^2 * sqrt(D), far below the table's sigma);
+    "scaled" = N(0, 1/D), which keeps a wide element at the table's std sigma, as a wide table
+    has. Only with vwn_embedding="factorized" (docs/results.md: the study's factorized runs)."""
 
     vwn_collapse: str = "norm_linear"
     """Collapse before the final norm (section 2): "norm_linear" = W_reduce(GroupNorm(H)) with r
@@ -122,6 +129,7 @@ class VWNConfigMixin:
             ("vwn_embedding", self.vwn_embedding, EMBEDDING_CHOICES),
             ("vwn_collapse", self.vwn_collapse, COLLAPSE_CHOICES),
             ("vwn_collapse_init", self.vwn_collapse_init, COLLAPSE_INIT_CHOICES),
+            ("vwn_embedding_up_init", self.vwn_embedding_up_init, EMBEDDING_UP_INIT_CHOICES),
             ("ghc_impl", self.ghc_impl, GHC_IMPL_CHOICES),
         )
         for name, value, allowed in choices:
@@ -140,6 +148,11 @@ class VWNConfigMixin:
             )
         if self.vwn_collapse == "none" and self.vwn_collapse_init != "normal":
             raise VWNConfigError("vwn_collapse_init applies only when vwn_collapse is not 'none'")
+        if self.vwn_embedding != "factorized" and self.vwn_embedding_up_init != "normal":
+            raise VWNConfigError(
+                f"vwn_embedding_up_init={self.vwn_embedding_up_init!r} applies only when "
+                f"vwn_embedding='factorized' (got vwn_embedding={self.vwn_embedding!r})"
+            )
         self._validate_vwn_layout()
 
     def _validate_vwn_layout(self) -> None:

@@ -10,7 +10,9 @@ Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's
 
 ``VWNEmbedding`` is megatron's ``LanguageModelEmbedding`` built at the table width; its forward
 (position embedding, transpose, sequence-parallel scatter, dropout) is reused unchanged.
-[choice] The factorized up-projection is replicated over TP and initialised with ``init_method``.
+[choice] The factorized up-projection is replicated over TP. ``vwn_embedding_up_init`` picks its
+init: "normal" = ``init_method`` (std sigma: a wide element then has std ~ sigma^2 * sqrt(D)) or
+"scaled" = N(0, 1/D) (a wide element keeps the table's std sigma, like a wide table's).
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ class VWNEmbedding(LanguageModelEmbedding):
             )  # Linear D -> D'
             if config.perform_initialization:
                 weight = torch.empty(self.up_proj_weight.shape, dtype=torch.float32)
-                config.init_method(weight)
+                if config.vwn_embedding_up_init == "scaled":
+                    torch.nn.init.normal_(weight, mean=0.0, std=config.hidden_size ** -0.5)
+                else:
+                    config.init_method(weight)
                 with torch.no_grad():
                     self.up_proj_weight.copy_(weight)
             setattr(self.up_proj_weight, "sequence_parallel", config.sequence_parallel)
