@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/token_efficiency.py --preset gpu --output runs/study_gpu   # H100/H200
     .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact --data runs/study/data \
         --embedding factorized --only baseline vwn_r4 vwn_r8      # the VWN runs without a wide table
-    (add ``--embedding-up-init scaled`` for the up-projection init N(0, 1/D), vwn_embedding_up_init)
+    (``--embedding-up-init normal`` for the up-projection init init_method instead of N(0, 1/D))
 
 Trains, through ``nemo-vwn pretrain`` (Megatron-Bridge ``pretrain()``) on the local corpus of
 ``nemo-vwn data`` (Python's standard library, local BPE), with the same backbone, data order, tokens
@@ -47,11 +47,11 @@ PRESETS = {
 FACTORS = (1.5, 2, 4, 8)
 
 
-def variants(preset: dict, embedding: str = "wide", up_init: str = "normal"):
+def variants(preset: dict, embedding: str = "wide", up_init: str = "scaled"):
     """(name, recipe, overrides, r, mtp) for every run of the study; ``embedding`` is the VWN
     runs' ``vwn_embedding`` ("factorized": a width-D table + Linear D -> D', which keeps the
     table's parameters at the baseline's size) and ``up_init`` their ``vwn_embedding_up_init``."""
-    if up_init != "normal" and embedding != "factorized":
+    if up_init != "scaled" and embedding != "factorized":
         raise ValueError(f"--embedding-up-init={up_init!r} needs --embedding factorized")
     runs = []
     for mtp in (False, True):
@@ -64,7 +64,7 @@ def variants(preset: dict, embedding: str = "wide", up_init: str = "normal"):
                 overrides.append("model.vwn_collapse=linear")
             if embedding != "wide":
                 overrides.append(f"model.vwn_embedding={embedding}")
-            if up_init != "normal":
+            if up_init != "scaled":
                 overrides.append(f"model.vwn_embedding_up_init={up_init}")
             runs.append((f"vwn_r{r:g}{suffix}", preset["vwn"], overrides + extra, float(r), mtp))
     return runs
@@ -250,8 +250,8 @@ def main():
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--embedding", choices=("wide", "factorized"), default="wide",
                         help="vwn_embedding of the VWN runs (default: wide, the recipe's)")
-    parser.add_argument("--embedding-up-init", choices=("normal", "scaled"), default="normal",
-                        help="vwn_embedding_up_init of the factorized VWN runs (default: normal)")
+    parser.add_argument("--embedding-up-init", choices=("scaled", "normal"), default="scaled",
+                        help="vwn_embedding_up_init of the factorized VWN runs (default: scaled)")
     args, user_overrides = parser.parse_known_args()
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]

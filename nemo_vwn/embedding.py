@@ -11,8 +11,8 @@ Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's
 ``VWNEmbedding`` is megatron's ``LanguageModelEmbedding`` built at the table width; its forward
 (position embedding, transpose, sequence-parallel scatter, dropout) is reused unchanged.
 [choice] The factorized up-projection is replicated over TP. ``vwn_embedding_up_init`` picks its
-init: "normal" = ``init_method`` (std sigma: a wide element then has std ~ sigma^2 * sqrt(D)) or
-"scaled" = N(0, 1/D) (a wide element keeps the table's std sigma, like a wide table's).
+init: "scaled" = N(0, 1/D) (default: a wide element keeps the table's std sigma, like a wide
+table's) or "normal" = ``init_method`` (std sigma: a wide element starts at std ~ sigma^2 * sqrt(D)).
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ def test_factorized_up_projection_init_scales(megatron_cpu, up_init):
 
 
 def test_up_init_needs_a_factorized_embedding():
-    with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='scaled' applies only when "
+    assert vwn_config(n=8, m=2, vwn_embedding="factorized").vwn_embedding_up_init == "scaled"
+    with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='normal' applies only when "
                                              r"vwn_embedding='factorized'"):
-        vwn_config(n=8, m=2, vwn_embedding_up_init="scaled")
+        vwn_config(n=8, m=2, vwn_embedding_up_init="normal")
     with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='xavier' is not one of "
-                                             r"\['normal', 'scaled'\]"):
+                                             r"\['scaled', 'normal'\]"):
         vwn_config(n=8, m=2, vwn_embedding="factorized", vwn_embedding_up_init="xavier")

@@ -63,9 +63,11 @@ def test_factorized_embedding_applies_to_the_vwn_runs_only(study):
     assert not any("vwn_embedding" in o for *_, overrides, _r, _m in wide for o in overrides)
 
 
-def test_scaled_up_init_applies_to_the_factorized_vwn_runs_only(study):
-    runs = study.variants(study.PRESETS["cpu"], embedding="factorized", up_init="scaled")
+def test_normal_up_init_applies_to_the_factorized_vwn_runs_only(study):
+    runs = study.variants(study.PRESETS["cpu"], embedding="factorized", up_init="normal")
     for name, recipe, overrides, r, mtp in runs:
-        assert ("model.vwn_embedding_up_init=scaled" in overrides) == (r > 1), name
+        assert ("model.vwn_embedding_up_init=normal" in overrides) == (r > 1), name
+    default = study.variants(study.PRESETS["cpu"], embedding="factorized")  # scaled: the default
+    assert not any("vwn_embedding_up_init" in o for *_, overrides, _r, _m in default for o in overrides)
     with pytest.raises(ValueError, match="needs --embedding factorized"):
-        study.variants(study.PRESETS["cpu"], embedding="wide", up_init="scaled")
+        study.variants(study.PRESETS["cpu"], embedding="wide", up_init="normal")
