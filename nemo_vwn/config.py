@@ -74,8 +74,8 @@ class VWNConfigMixin:
     """[choice] Init of the factorized up-projection D -> D': "scaled" = N(0, 1/D), which keeps a
     wide element at the table's std sigma, as a wide table has (default); "normal" = Megatron's
     init_method (std sigma, so a wide element starts at std ~ sigma^2 * sqrt(D), 4.4x too small at
-    D=128, sigma=0.02: +0.09 worse validation loss in docs/results.md's factorized runs). Used only
-    with vwn_embedding="factorized"."""
+    D=128, sigma=0.02: +0.09 worse validation loss in docs/results.md's factorized runs). Ignored
+    with vwn_embedding="wide" (no up-projection), so a saved config loads whatever it holds."""
 
     vwn_collapse: str = "norm_linear"
     """Collapse before the final norm (section 2): "norm_linear" = W_reduce(GroupNorm(H)) with r
@@ -149,11 +149,6 @@ class VWNConfigMixin:
             )
         if self.vwn_collapse == "none" and self.vwn_collapse_init != "normal":
             raise VWNConfigError("vwn_collapse_init applies only when vwn_collapse is not 'none'")
-        if self.vwn_embedding != "factorized" and self.vwn_embedding_up_init != "scaled":
-            raise VWNConfigError(
-                f"vwn_embedding_up_init={self.vwn_embedding_up_init!r} applies only when "
-                f"vwn_embedding='factorized' (got vwn_embedding={self.vwn_embedding!r})"
-            )
         self._validate_vwn_layout()
 
     def _validate_vwn_layout(self) -> None:

@@ -48,11 +48,11 @@ def test_factorized_up_projection_init_scales(megatron_cpu, up_init):
     torch.testing.assert_close(embedding(ids, position_ids=None)[:, 0], ref)
 
 
-def test_up_init_needs_a_factorized_embedding():
+def test_up_init_choices_and_default(megatron_cpu):
     assert vwn_config(n=8, m=2, vwn_embedding="factorized").vwn_embedding_up_init == "scaled"
-    with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='normal' applies only when "
-                                             r"vwn_embedding='factorized'"):
-        vwn_config(n=8, m=2, vwn_embedding_up_init="normal")
     with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='xavier' is not one of "
                                              r"\['scaled', 'normal'\]"):
         vwn_config(n=8, m=2, vwn_embedding="factorized", vwn_embedding_up_init="xavier")
+    # A wide table has no up-projection: the field is ignored (configs saved with either value load).
+    config, embedding = build(vwn_embedding_up_init="normal")
+    assert not hasattr(embedding, "up_proj_weight")
