@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact --data runs/study/data \
         --embedding factorized --only baseline vwn_r4 vwn_r8      # the VWN runs without a wide table
     (``--embedding-up-init normal`` for the up-projection init init_method instead of N(0, 1/D))
+    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_ctrl --data runs/study/data \
+        --factors 1 --no-mtp --vwn-set model.vwn_collapse=none   # controls: VWN machinery at r = 1
 
 Trains, through ``nemo-vwn pretrain`` (Megatron-Bridge ``pretrain()``) on the local corpus of
 ``nemo-vwn data`` (Python's standard library, local BPE), with the same backbone, data order, tokens
@@ -47,17 +49,26 @@ PRESETS = {
 FACTORS = (1.5, 2, 4, 8)
 
 
-def variants(preset: dict, embedding: str = "wide", up_init: str = "scaled"):
+def variants(preset: dict, embedding: str = "wide", up_init: str = "scaled", factors=FACTORS,
+             mtp_runs=(False, True), vwn_set=()):
     """(name, recipe, overrides, r, mtp) for every run of the study; ``embedding`` is the VWN
     runs' ``vwn_embedding`` ("factorized": a width-D table + Linear D -> D', which keeps the
-    table's parameters at the baseline's size) and ``up_init`` their ``vwn_embedding_up_init``."""
+    table's parameters at the baseline's size) and ``up_init`` their ``vwn_embedding_up_init``.
+    ``factors`` may hold r = 1 (n = m: the VWN machinery without widening, a control);
+    ``vwn_set`` are extra overrides of the VWN runs only (the baselines lack VWN fields)."""
+    for r in factors:
+        if r < 1 or (r != 1.5 and r != int(r)):
+            raise ValueError(f"--factors: r={r:g} is not supported; allowed: 1, 1.5 or an integer >= 2")
+    bad = [item for item in vwn_set if not item.startswith("model.") or "=" not in item]
+    if bad:
+        raise ValueError(f"--vwn-set takes model.KEY=VALUE items, got {bad}")
     if up_init != "scaled" and embedding != "factorized":
         raise ValueError(f"--embedding-up-init={up_init!r} needs --embedding factorized")
     runs = []
-    for mtp in (False, True):
+    for mtp in mtp_runs:
         suffix, extra = ("_mtp", ["model.mtp_num_layers=1"]) if mtp else ("", [])
         runs.append((f"baseline{suffix}", preset["base"], list(extra), 1.0, mtp))
-        for r in FACTORS:
+        for r in factors:
             m, n = (2, 3) if r == 1.5 else (preset["m"], int(preset["m"] * r))
             overrides = [f"model.virtual_width_m={m}", f"model.virtual_width_n={n}"]
             if r == 1.5:
@@ -66,8 +77,13 @@ def variants(preset: dict, embedding: str = "wide", up_init: str = "scaled"):
                 overrides.append(f"model.vwn_embedding={embedding}")
             if up_init != "scaled":
                 overrides.append(f"model.vwn_embedding_up_init={up_init}")
-            runs.append((f"vwn_r{r:g}{suffix}", preset["vwn"], overrides + extra, float(r), mtp))
+            runs.append((f"vwn_r{r:g}{suffix}", preset["vwn"], overrides + list(vwn_set) + extra,
+                         float(r), mtp))
     return runs
+
+
+def is_baseline(name: str) -> bool:
+    return name.startswith("baseline")
 
 
 def run_one(name, recipe, overrides, out, data, user_overrides, nproc):
@@ -123,7 +139,7 @@ def summarize(root, runs):
     window = max(1, len(rows[0]["curve"].train_loss) // 20)
     table = []
     for row in rows:
-        base = next(b for b in rows if b["r"] == 1.0 and b["mtp"] == row["mtp"])
+        base = next(b for b in rows if is_baseline(b["name"]) and b["mtp"] == row["mtp"])
         summary = results.compare(row["curve"], base["curve"], window=window)
         key = "next_2_token_loss" if row["mtp"] else None
         table.append(dict(
@@ -225,7 +241,7 @@ def write_report(root, table, fits, curves, window, args):
                      f"R^2 = {fit['r2']:.3f}")
     lines += ["", "Smoothed training-loss gap (VWN - baseline) at 25/50/75/100% of training:", ""]
     for t in table:
-        if t["r"] > 1:
+        if not is_baseline(t["variant"]):
             lines.append(f"- {t['variant']}: " + ", ".join(f"{k} {v:+.4f}"
                                                           for k, v in t["gap_by_progress"].items()))
     lines += ["", "Plots: `loss_vs_tokens.png`, `loss_vs_tokens_mtp.png`, `delta_vs_log2r.png`."]
@@ -252,6 +268,12 @@ def main():
                         help="vwn_embedding of the VWN runs (default: wide, the recipe's)")
     parser.add_argument("--embedding-up-init", choices=("scaled", "normal"), default="scaled",
                         help="vwn_embedding_up_init of the factorized VWN runs (default: scaled)")
+    parser.add_argument("--factors", nargs="+", type=float, default=list(FACTORS),
+                        help="virtual-width factors r of the VWN runs (default: 1.5 2 4 8; "
+                             "1 = n = m, a control)")
+    parser.add_argument("--no-mtp", action="store_true", help="skip the MTP half of the study")
+    parser.add_argument("--vwn-set", nargs="+", default=[], metavar="model.KEY=VALUE",
+                        help="overrides of the VWN runs only, e.g. model.vwn_collapse_init=identity")
     args, user_overrides = parser.parse_known_args()
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]
@@ -261,7 +283,10 @@ def main():
     from nemo_vwn.cli import _ensure_dataset
 
     data = _ensure_dataset(args.data or os.path.join(root, "data"))
-    runs = [v for v in variants(PRESET, args.embedding, args.embedding_up_init) if not args.only or v[0] in args.only]
+    mtp_runs = (False,) if args.no_mtp else (False, True)
+    runs = [v for v in variants(PRESET, args.embedding, args.embedding_up_init, args.factors,
+                                mtp_runs, args.vwn_set)
+            if not args.only or v[0] in args.only]
     for name, recipe, overrides, r, mtp in runs:
         run_one(name, recipe, overrides, os.path.join(root, name), data, user_overrides,
                 PRESET["nproc"])
