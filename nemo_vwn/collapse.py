@@ -8,8 +8,9 @@
     "none"         no collapse (valid only when n == m, D' == D)
 [choice] The group norm is RMS-style (no mean subtraction, like RMSNorm elsewhere) with a learnable
 gain per channel (size D', init 1).
-[choice] ``vwn_collapse_init``: "normal" = Megatron's ``init_method`` (training from scratch);
-"identity" = W_reduce = [I_D | 0], reading slots 0..m-1 (function-preserving upcycling).
+[choice] ``vwn_collapse_init``: "identity" = W_reduce = [I_D | 0], reading slots 0..m-1 (default:
+function-preserving for upcycling, and measured better from scratch, docs/results.md); "normal" =
+Megatron's ``init_method``.
 
 ``VWNOutputNorm`` is what a VWN decoder block holds in its final-norm slot: the collapse followed by
 the model's final norm. It keeps the final norm's parameters under the stock names

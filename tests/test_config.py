@@ -24,7 +24,7 @@ def test_derived_sizes(m, n, r, d, wide):
     assert c.virtual_width_factor == r
     assert c.ghc_segment_size == d
     assert c.virtual_hidden_size == wide
-    assert c.ghc_dynamic is True and c.vwn_embedding == "wide" and c.vwn_collapse_init == "normal"
+    assert c.ghc_dynamic is True and c.vwn_embedding == "wide" and c.vwn_collapse_init == "identity"
 
 
 INVALID = [

@@ -68,7 +68,7 @@ def test_dynamic_ghc_after_upcycling_still_learns(megatron_cpu):
 def test_upcycle_errors(megatron_cpu):
     baseline = build_stock_gpt(stock_config())
     with pytest.raises(UpcycleError, match="vwn_collapse_init='identity'"):
-        upcycle_weights(baseline, build_vwn_gpt(vwn_config(n=4, m=2)))
+        upcycle_weights(baseline, build_vwn_gpt(vwn_config(n=4, m=2, vwn_collapse_init="normal")))
     with pytest.raises(UpcycleError, match="extra_slots='noise' is not one of"):
         upcycle_weights(baseline, build_vwn_gpt(vwn_config(
             n=4, m=2, vwn_collapse_init="identity")), extra_slots="noise")
