@@ -264,9 +264,11 @@ def main():
     parser.add_argument("--output", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--data", default=None, help="dataset dir (default: <output>/data)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
-    parser.add_argument("--embedding", choices=("wide", "factorized"), default="wide",
+    from nemo_vwn.config import EMBEDDING_CHOICES, EMBEDDING_UP_INIT_CHOICES
+
+    parser.add_argument("--embedding", choices=EMBEDDING_CHOICES, default="wide",
                         help="vwn_embedding of the VWN runs (default: wide, the recipe's)")
-    parser.add_argument("--embedding-up-init", choices=("scaled", "normal"), default="scaled",
+    parser.add_argument("--embedding-up-init", choices=EMBEDDING_UP_INIT_CHOICES, default="scaled",
                         help="vwn_embedding_up_init of the factorized VWN runs (default: scaled)")
     parser.add_argument("--factors", nargs="+", type=float, default=list(FACTORS),
                         help="virtual-width factors r of the VWN runs (default: 1.5 2 4 8; "

@@ -54,7 +54,6 @@ def test_variants_cover_every_r_with_and_without_mtp(study, preset):
     assert sorted({r for *_, r, _ in runs}) == [1.0, 1.5, 2.0, 4.0, 8.0]
 
 
-
 def test_factorized_embedding_applies_to_the_vwn_runs_only(study):
     runs = study.variants(study.PRESETS["cpu"], embedding="factorized")
     for name, recipe, overrides, r, mtp in runs:
