@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import multiprocessing as mp
 
-from nemo_vwn.testing.cpu import free_port
+from nemo_vwn.runtime import free_port
 
 
 class DistributedRunError(RuntimeError):

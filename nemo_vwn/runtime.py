@@ -1,25 +1,75 @@
-"""Prepare this process for megatron-core / Megatron-Bridge: GPU as is, CPU through the patches.
+"""Process set-up for megatron-core / Megatron-Bridge, shared by the library, CLI, benchmarks and tests.
 
-Nothing here runs on import; entry points (CLI, benchmarks) call ``prepare_runtime()`` explicitly.
+Nothing here runs on import. The pieces, from the smallest up:
+
+* ``CPU_SAFE_SETTINGS`` / ``CPU_MOE_SETTINGS`` / ``CPU_MODEL_SETTINGS``: the model settings a CPU
+  run needs (no TE/apex kernels, fusions off, the allgather MoE dispatcher) -- the one copy.
+* ``free_port()``, ``ensure_process_env()``: a rendezvous for a process not started by torchrun.
+* ``prepare_runtime()``: the only place that applies ``nemo_vwn.patches`` (GPU: nothing but the
+  pipeline shapes; CPU: the CPU shim and Bridge's CPU set-up).
+* ``init_process_group()``, ``set_parallel_layout()``, ``destroy_parallel_layout()``: torch.distributed
+  (gloo on CPU, NCCL on GPU) and megatron's parallel state.
+* ``initialize()`` / ``single_process()``: all of the above in one call, for a script or a notebook::
+
+      from nemo_vwn import runtime
+      runtime.initialize()          # 1 process; CPU or GPU; safe to call twice
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from typing import Iterator, Optional
 
-import torch
+# TransformerConfig settings needed on CPU (no TE/apex kernels, no fused CUDA ops).
+CPU_SAFE_SETTINGS = dict(
+    use_cpu_initialization=True,
+    gradient_accumulation_fusion=False,
+    bias_activation_fusion=False,
+    bias_dropout_fusion=False,
+    masked_softmax_fusion=False,
+    persist_layer_norm=False,
+    apply_rope_fusion=False,
+)
+
+# MoE settings that work on CPU: the alltoall dispatcher creates CUDA streams; expert biases trip
+# an in-place autograd error in the local experts (megatron-notes.md).
+CPU_MOE_SETTINGS = dict(moe_token_dispatcher_type="allgather", add_bias_linear=False)
+
+# Model-provider (Bridge) settings of every CPU run: the above plus megatron's local modules.
+CPU_MODEL_SETTINGS = dict(
+    CPU_SAFE_SETTINGS,
+    transformer_impl="local",
+    attention_backend="local",
+    cross_entropy_loss_fusion=False,
+)
+
+
+def cuda_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def prepare_runtime(bridge: bool = True) -> str:
     """Apply what this machine needs before megatron (and Bridge) are used; returns "cuda"/"cpu".
 
-    GPU: nothing is patched (Bridge modules are imported normally). CPU: the CPU runtime shim and,
-    with ``bridge``, the Bridge import placeholders for TE/NVRx and Bridge's CPU setup patch.
+    GPU: nothing is patched but the pipeline shapes (Bridge modules are imported normally). CPU: the
+    CPU runtime shim and, with ``bridge``, the Bridge import placeholders for TE/NVRx and Bridge's
+    CPU setup patch. Idempotent.
     """
     from nemo_vwn.patches import pipeline_shapes
 
     pipeline_shapes.apply()  # a real upstream gap on every machine (VWN models only)
-    if torch.cuda.is_available():
+    if cuda_usable():
         device = "cuda"
         if bridge:
             from nemo_vwn.patches import bridge_imports
@@ -42,10 +92,135 @@ def prepare_runtime(bridge: bool = True) -> str:
 
 def ensure_process_env() -> None:
     """Make a plain `python` launch look like a 1-process torchrun launch."""
-    from nemo_vwn.testing.cpu import free_port
-
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] = None) -> bool:
+    """Start torch.distributed (gloo on CPU, NCCL on GPU) unless it runs; True if started here."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port or os.environ.get("MASTER_PORT") or free_port())
+    backend = "nccl" if cuda_usable() else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    return True
+
+
+def set_parallel_layout(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    expert_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    seed: int = 1234,
+    virtual_pipeline_model_parallel_size: Optional[int] = None,
+) -> None:
+    """(Re)initialise megatron's process groups for a layout and reseed every RNG."""
+    import torch
+    from megatron.core import parallel_state, tensor_parallel
+
+    destroy_parallel_layout()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+    )
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel_layout() -> None:
+    """Undo ``initialize_model_parallel``, releasing its process groups.
+
+    megatron's ``destroy_model_parallel`` only forgets its ~20 groups; torch keeps every one alive
+    (with two gloo threads each) until the process ends. A process that re-initialises often (a
+    test session) accumulated thousands of threads, so the groups are destroyed here; the default
+    (world) group stays.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        world = dist.GroupMember.WORLD
+        for group in list(dist.distributed_c10d._world.pg_map):
+            if group is not world:
+                dist.destroy_process_group(group)
+
+
+def initialize(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    expert_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    seed: int = 1234,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    bridge: bool = False,
+) -> str:
+    """Everything megatron-core needs before a model is built, in one call; returns "cuda"/"cpu".
+
+    Applies the machine's patches, starts torch.distributed (1 process unless RANK/WORLD_SIZE say
+    otherwise, as under torchrun) and sets the parallel layout and RNG seeds. Calling it again
+    re-lays the parallel groups (the process group stays).
+    """
+    device = prepare_runtime(bridge=bridge)
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    init_process_group(rank=rank, world_size=world_size)
+    set_parallel_layout(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+        seed=seed,
+    )
+    return device
+
+
+def shutdown() -> None:
+    """Undo ``initialize()``: megatron's groups, then the default process group."""
+    import torch.distributed as dist
+
+    destroy_parallel_layout()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def single_process(seed: int = 1234) -> Iterator[None]:
+    """torch.distributed + megatron's parallel state for one rank, torn down on exit unless they
+    were already set up by the caller (then reused as they are). Used by the conversions."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    created_group = created_mpu = False
+    if dist.is_initialized():
+        if dist.get_world_size() != 1:
+            raise RuntimeError(f"expected one process, got world size {dist.get_world_size()}")
+    else:
+        created_group = init_process_group(rank=0, world_size=1, port=free_port())
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel()
+        created_mpu = True
+    if created_group or created_mpu:
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    try:
+        yield
+    finally:
+        if created_mpu:
+            destroy_parallel_layout()
+        if created_group:
+            dist.destroy_process_group()

@@ -28,20 +28,6 @@ from megatron.core.optimizer import OptimizerConfig
 
 from nemo_vwn.layer_specs import HAVE_TE
 
-# Model settings every CPU recipe needs (no TE/apex kernels, fusions off, fp32).
-CPU_MODEL_SETTINGS = dict(
-    transformer_impl="local",
-    attention_backend="local",
-    use_cpu_initialization=True,
-    gradient_accumulation_fusion=False,
-    bias_activation_fusion=False,
-    bias_dropout_fusion=False,
-    masked_softmax_fusion=False,
-    persist_layer_norm=False,
-    apply_rope_fusion=False,
-    cross_entropy_loss_fusion=False,
-)
-CPU_MOE_SETTINGS = dict(moe_token_dispatcher_type="allgather", add_bias_linear=False)
 
 
 @dataclass

@@ -20,12 +20,11 @@ from typing import Optional
 
 from nemo_vwn.bridge.provider import VWNModelProvider
 from nemo_vwn.recipes.common import (
-    CPU_MODEL_SETTINGS,
-    CPU_MOE_SETTINGS,
     LocalGPTModelProvider,
     cpu_pretrain_container,
     stock_layer_spec,
 )
+from nemo_vwn.runtime import CPU_MODEL_SETTINGS, CPU_MOE_SETTINGS
 
 CPU_BACKBONE = dict(
     num_layers=4, hidden_size=128, num_attention_heads=4, ffn_hidden_size=512,

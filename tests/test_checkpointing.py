@@ -2,7 +2,7 @@
 
 import os
 
-from nemo_vwn.testing.dist import run_distributed
+from nemo_vwn.distributed import run_distributed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

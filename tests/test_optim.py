@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from nemo_vwn.testing.dist import run_distributed
+from nemo_vwn.distributed import run_distributed
 from nemo_vwn.testing.models import build_vwn_gpt, vwn_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -69,40 +69,22 @@ def _without_upstream_mtp_spec():
 @contextlib.contextmanager
 def _single_process_megatron():
     """torch.distributed + megatron's parallel state for one rank (reused if already set up)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state, tensor_parallel
+    from nemo_vwn.runtime import single_process
 
-    from nemo_vwn.testing.cpu import destroy_parallel_layout, free_port
-
-    created_group = created_mpu = False
-    if dist.is_initialized():
-        if dist.get_world_size() != 1:
-            raise CheckpointError("HF export/import runs in one process; got world size "
-                                  f"{dist.get_world_size()}")
-    else:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}",
-                                rank=0, world_size=1)
-        created_group = True
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel()
-        created_mpu = True
-    if created_group or created_mpu:
-        tensor_parallel.model_parallel_cuda_manual_seed(1234)
     try:
-        yield
-    finally:
-        if created_mpu:
-            destroy_parallel_layout()
-        if created_group:
-            dist.destroy_process_group()
+        with single_process():
+            yield
+    except RuntimeError as err:
+        if "expected one process" in str(err):
+            raise CheckpointError(f"HF export/import runs in one process: {err}") from None
+        raise
 
 
 def runtime_overrides(provider) -> dict:
     """Provider settings for building the model on this machine, one rank, for conversion only.
 
     Always: TP=PP=CP=EP=1, no recompute, plain-torch GHC. Without CUDA: megatron's local modules,
-    fusions off and the allgather MoE dispatcher (the CPU settings of nemo_vwn.testing.cpu)."""
+    fusions off and the allgather MoE dispatcher (the CPU settings of nemo_vwn.runtime)."""
     overrides = dict(
         tensor_model_parallel_size=1, pipeline_model_parallel_size=1, context_parallel_size=1,
         expert_model_parallel_size=1, expert_tensor_parallel_size=1, sequence_parallel=False,
@@ -116,10 +98,9 @@ def runtime_overrides(provider) -> dict:
     if getattr(provider, "moe_token_dispatcher_type", None) == "flex":
         overrides["moe_token_dispatcher_type"] = "allgather"
     if not torch.cuda.is_available():
-        from nemo_vwn.testing.cpu import CPU_MOE_SETTINGS, CPU_SAFE_SETTINGS
+        from nemo_vwn.runtime import CPU_MOE_SETTINGS, CPU_MODEL_SETTINGS
 
-        overrides.update(CPU_SAFE_SETTINGS, transformer_impl="local", attention_backend="local",
-                         cross_entropy_loss_fusion=False, fp8=None, fp8_param=False)
+        overrides.update(CPU_MODEL_SETTINGS, fp8=None, fp8_param=False)
         if provider.num_moe_experts:
             overrides.update(moe_token_dispatcher_type=CPU_MOE_SETTINGS["moe_token_dispatcher_type"],
                              moe_grouped_gemm=False, moe_router_fusion=False,

@@ -155,7 +155,7 @@ def test_gpt3_175b_recipe_keeps_its_pipeline_layout():
     assert model_differences(base.model, cfg.model) == ["transformer_layer_spec"]
 
 def _cpu(provider, **sizes):
-    from nemo_vwn.recipes.common import CPU_MODEL_SETTINGS
+    from nemo_vwn.runtime import CPU_MODEL_SETTINGS
 
     values = dict(CPU_MODEL_SETTINGS, params_dtype=torch.float32, bf16=False, seq_length=32,
                   pipeline_dtype=None, **sizes)
@@ -202,7 +202,7 @@ def test_shrunk_olmoe_builds_and_runs_on_cpu_with_its_attention(megatron_cpu):
     from megatron.bridge.models.olmoe.olmoe_provider import OLMoESelfAttention
 
     from nemo_vwn.bridge import apply_vwn
-    from nemo_vwn.recipes.common import CPU_MOE_SETTINGS
+    from nemo_vwn.runtime import CPU_MOE_SETTINGS
 
     def olmoe_local_spec(config):  # OLMoE's spec on megatron's local modules (TE is absent)
         spec = local_layer_spec(config)
@@ -230,7 +230,7 @@ def test_block_spec_recipe_with_dense_first_layer_and_mtp(megatron_cpu):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
     from nemo_vwn.bridge import apply_vwn
-    from nemo_vwn.recipes.common import CPU_MOE_SETTINGS
+    from nemo_vwn.runtime import CPU_MOE_SETTINGS
     from nemo_vwn.recipes.tiny import tiny_moe_cpu
 
     base = tiny_moe_cpu()

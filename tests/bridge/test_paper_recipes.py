@@ -218,7 +218,8 @@ def test_formula_matches_meta_builds_of_small_configs(case, megatron_cpu, monkey
 
     from nemo_vwn.bridge.apply import to_vwn_provider
     from nemo_vwn.bridge.params import count_parameters
-    from nemo_vwn.recipes.common import CPU_MODEL_SETTINGS, stock_layer_spec
+    from nemo_vwn.recipes.common import stock_layer_spec
+    from nemo_vwn.runtime import CPU_MODEL_SETTINGS
 
     def provider():
         return GPTModelProvider(**SMALL_CASES[case], **CPU_MODEL_SETTINGS,

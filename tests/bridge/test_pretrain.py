@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nemo_vwn.testing.dist import run_distributed
+from nemo_vwn.distributed import run_distributed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMON = ["train.global_batch_size=8", "train.micro_batch_size=4", "logger.log_interval=1",

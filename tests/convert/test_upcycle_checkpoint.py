@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nemo_vwn.testing.dist import run_distributed
+from nemo_vwn.distributed import run_distributed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

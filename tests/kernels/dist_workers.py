@@ -1,4 +1,4 @@
-"""gloo workers for tests/kernels (run through nemo_vwn.testing.dist.run_distributed)."""
+"""gloo workers for tests/kernels (run through nemo_vwn.distributed.run_distributed)."""
 
 from __future__ import annotations
 

@@ -223,7 +223,7 @@ def test_config_accepts_the_impls_and_names_the_field():
 def test_sequence_parallel_grads_allreduced_equal_single_process():
     """2 gloo ranks, each with half the tokens (split along s): the all-reduced GHC gradients
     equal the 1-process gradients, and each rank's dL/dH equals its slice of the full one."""
-    from nemo_vwn.testing.dist import run_distributed
+    from nemo_vwn.distributed import run_distributed
 
     case = dict(m=2, n=3, d=D, s=6, b=2)
     ref, tri = make_pair(case["m"], case["n"], D, True, seed=5)
