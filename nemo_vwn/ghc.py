@@ -20,6 +20,11 @@ S_A, S_B init 1; W_A, W_B init 0, so DGHC == GHC at init.
 [choice] ``ghc_fp32_coefficients``: the norm, projections, tanh and both connections run in fp32
 (inputs are upcast; outputs are cast back to the wide state's dtype).
 
+Backends: the GHC module owns the parameters and the equations' reference implementation
+(``TorchGHCBackend`` below). ``config.ghc_impl`` picks, once when the module is built, the backend
+that runs read/write (``nemo_vwn.kernels.select``: torch | triton | auto); every backend has the
+same read/write interface (``nemo_vwn.kernels.backend``) and its own state type.
+
 Parallelism: every parameter is replicated over tensor-parallel ranks (the wide state is replicated
 like Megatron's residual stream). Under sequence parallelism each rank sees different tokens, so the
 parameters carry ``sequence_parallel=True`` and Megatron all-reduces their gradients over TP, as it
@@ -28,6 +33,7 @@ does for layer-norm weights.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -37,12 +43,14 @@ from torch import Tensor
 from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
+from nemo_vwn.kernels import build_backend
+
 # Parameters carrying this attribute get no weight decay (nemo_vwn.optim adds the override).
 NO_WEIGHT_DECAY_ATTR = "vwn_no_weight_decay"
 
 
 class GHCState(NamedTuple):
-    """What ``write`` needs from ``read``: the carried state and the (per-token) B."""
+    """What the torch backend's ``write`` needs from its ``read``: the carried state and B."""
 
     carry: Tensor  # [s, b, n, d]  A_carryᵀ H, in the coefficient dtype
     beta: Tensor  # [m, n] (static) or [s, b, m, n] (dynamic), fp32
@@ -81,13 +89,9 @@ class GHC(MegatronModule):
         self.recompute = bool(getattr(config, "ghc_recompute", False))
         self.eps = config.layernorm_epsilon
         n, m, d = self.n, self.m, self.d
-        # "torch" (this file) | "triton" | "auto" (nemo_vwn/kernels/select.py); torch never
-        # imports the kernels.
+        # Chosen once: "torch" (TorchGHCBackend below) | "triton" | "auto" (nemo_vwn.kernels).
         self.impl = getattr(config, "ghc_impl", "torch")
-        if self.impl != "torch":
-            from nemo_vwn.kernels import check_ghc_impl
-
-            check_ghc_impl(self.impl, n, m)
+        self.backend = build_backend(self.impl, n, m, reference=TorchGHCBackend)
 
         def param(shape):
             return torch.nn.Parameter(torch.empty(shape, dtype=config.params_dtype))
@@ -146,70 +150,38 @@ class GHC(MegatronModule):
         dyn_alpha = torch.tanh(torch.matmul(Hn, self.dynamic_alpha_proj.to(cdt)) * inv_sqrt_d)
         dyn_beta = torch.tanh(torch.matmul(Hn, self.dynamic_beta_proj.to(cdt)) * inv_sqrt_d)
         alpha = self.dynamic_alpha_scale.to(cdt) * dyn_alpha + static_alpha  # [s, b, n, m+n]
-        beta = self.dynamic_beta_scale.to(cdt) * dyn_beta.transpose(-1, -2) + static_beta  # [s,b,m,n]
+        beta = self.dynamic_beta_scale.to(cdt) * dyn_beta.transpose(-1, -2) + static_beta
+        # alpha [s, b, n, m+n], beta [s, b, m, n]
         return alpha, beta
 
     # ------------------------------------------------------------------ read / write
-    def read(self, hidden_states: Tensor) -> tuple[Tensor, GHCState]:
+    def read(self, hidden_states: Tensor) -> tuple[Tensor, object]:
         """Backbone input from the wide state (eq. 1) plus the state ``write`` needs.
 
-        hidden_states: [s, b, n*d]  ->  x: [s, b, D] (D = m*d), GHCState
+        hidden_states: [s, b, n*d]  ->  x: [s, b, D] (D = m*d), the backend's state
 
-        With ``ghc_recompute`` the whole read runs under megatron's activation checkpoint: backward
+        With ``ghc_recompute`` the torch read runs under megatron's activation checkpoint: backward
         keeps only ``hidden_states`` and recomputes the norm, coefficients and M = Aᵀ H. The fused
-        Triton read (``ghc_impl``) always works that way (it saves only H).
+        backends always work that way (they save only H).
         """
-        self._check_width(hidden_states)
-        if self.impl != "torch" and self._use_kernels(hidden_states):
-            from nemo_vwn.kernels import ghc_read
-
-            return ghc_read(self, hidden_states)  # the fused Triton read
-        if self.recompute and torch.is_grad_enabled():
-            x, carry, beta = tensor_parallel.checkpoint(self._read, False, hidden_states)
-        else:
-            x, carry, beta = self._read(hidden_states)
-        return x, GHCState(carry=carry, beta=beta)
-
-    def _check_width(self, hidden_states: Tensor) -> None:
         width = hidden_states.shape[-1]
         if width != self.n * self.d:
             raise ValueError(
                 f"GHC.read expects a wide state of width n*d = {self.n * self.d}, got {width}"
             )
+        return self.backend.read(self, hidden_states)
 
-    def _read(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The plain-torch read: (x [s, b, D], carry [s, b, n, d], beta)."""
-        s, b, _ = hidden_states.shape
-        H = hidden_states.view(s, b, self.n, self.d)  # [s, b, n, d]
-        alpha, beta = self.coefficients(H)
-        Hc = H.to(alpha.dtype)
-        # M = Aᵀ H: [s, b, m+n, d]; rows :m are the backbone input, rows m: the carried state.
-        # (matmul rather than einsum: its backward yields contiguous grads, so the branch's GEMMs
-        # see the same layouts as in a stock layer and n == m reproduces stock gradients exactly.)
-        M = torch.matmul(alpha.transpose(-1, -2), Hc)
-        x = M[:, :, : self.m].reshape(s, b, self.m * self.d).to(hidden_states.dtype).contiguous()
-        return x, M[:, :, self.m :], beta
-
-    def write(self, branch_output: Tensor, state: GHCState) -> Tensor:
+    def write(self, branch_output: Tensor, state, bias: Optional[Tensor] = None,
+              dropout_p: float = 0.0, training: bool = True,
+              seed: Optional[Tensor] = None) -> Tensor:
         """Merge the branch output back into the wide state (eq. 3): H' = Bᵀ Z + A_carryᵀ H.
 
-        branch_output: [s, b, D]  ->  [s, b, n*d] (dtype of branch_output)
+        branch_output: [s, b, D]  ->  [s, b, n*d] (dtype of branch_output). With ``bias`` [D] and
+        ``dropout_p`` the write applies the branch's bias and dropout first, Z = dropout(z + bias)
+        (fused into the write by the Triton backend; ``seed`` keys its dropout stream).
         """
-        if not isinstance(state, GHCState):  # a TritonGHCState from the fused read
-            from nemo_vwn.kernels import ghc_write
-
-            return ghc_write(self, branch_output, state)
-        s, b, _ = branch_output.shape
-        beta = state.beta
-        Z = branch_output.view(s, b, self.m, self.d).to(beta.dtype)  # [s, b, m, d]
-        depth = torch.matmul(beta.transpose(-1, -2), Z)  # Bᵀ Z: [s, b, n, d]
-        out = depth + state.carry  # [s, b, n, d]
-        return out.reshape(s, b, self.n * self.d).to(branch_output.dtype)
-
-    def _use_kernels(self, hidden_states: Tensor) -> bool:
-        from nemo_vwn.kernels import use_triton
-
-        return use_triton(self.impl, self.n, self.m, hidden_states)
+        return self.backend.write(self, branch_output, state, bias=bias, dropout_p=dropout_p,
+                                  training=training, seed=seed)
 
     def forward(self, hidden_states: Tensor, branch) -> Tensor:
         """Convenience: write(branch(read(h))) for a branch taking and returning [s, b, D]."""
@@ -217,4 +189,49 @@ class GHC(MegatronModule):
         return self.write(branch(x), state)
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, m={self.m}, d={self.d}, dynamic={self.dynamic}"
+        return (f"n={self.n}, m={self.m}, d={self.d}, dynamic={self.dynamic}, "
+                f"backend={self.backend.name}")
+
+
+class TorchGHCBackend:
+    """The reference: eqs. 1 and 3 in plain torch (the GHC's own ``coefficients``); any device or
+    dtype. State: ``GHCState`` (the carried state A_carryᵀ H and B)."""
+
+    name = "torch"
+
+    def read(self, ghc: GHC, hidden_states: Tensor) -> tuple[Tensor, GHCState]:
+        if ghc.recompute and torch.is_grad_enabled():
+            terms = functools.partial(self.read_terms, ghc)  # checkpoint saves tensor args only
+            x, carry, beta = tensor_parallel.checkpoint(terms, False, hidden_states)
+        else:
+            x, carry, beta = self.read_terms(ghc, hidden_states)
+        return x, GHCState(carry=carry, beta=beta)
+
+    @staticmethod
+    def read_terms(ghc: GHC, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x [s, b, D], carry [s, b, n, d], beta) from the wide state [s, b, n*d]."""
+        s, b, _ = hidden_states.shape
+        H = hidden_states.view(s, b, ghc.n, ghc.d)  # [s, b, n, d]
+        alpha, beta = ghc.coefficients(H)
+        Hc = H.to(alpha.dtype)
+        # M = Aᵀ H: [s, b, m+n, d]; rows :m are the backbone input, rows m: the carried state.
+        # (matmul rather than einsum: its backward yields contiguous grads, so the branch's GEMMs
+        # see the same layouts as in a stock layer and n == m reproduces stock gradients exactly.)
+        M = torch.matmul(alpha.transpose(-1, -2), Hc)
+        x = M[:, :, : ghc.m].reshape(s, b, ghc.m * ghc.d).to(hidden_states.dtype).contiguous()
+        return x, M[:, :, ghc.m :], beta
+
+    def write(self, ghc: GHC, branch_output: Tensor, state: GHCState,
+              bias: Optional[Tensor] = None, dropout_p: float = 0.0, training: bool = True,
+              seed: Optional[Tensor] = None) -> Tensor:
+        s, b, _ = branch_output.shape
+        if not 0.0 <= dropout_p <= 1.0:
+            raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+        z = branch_output if bias is None else branch_output + bias
+        if training and dropout_p > 0.0:  # seed: only the fused write keys its own stream
+            z = torch.nn.functional.dropout(z, p=dropout_p, training=True)
+        beta = state.beta
+        Z = z.view(s, b, ghc.m, ghc.d).to(beta.dtype)  # [s, b, m, d]
+        depth = torch.matmul(beta.transpose(-1, -2), Z)  # Bᵀ Z: [s, b, n, d]
+        out = depth + state.carry  # [s, b, n, d]
+        return out.reshape(s, b, ghc.n * ghc.d).to(branch_output.dtype)

@@ -17,6 +17,7 @@ from megatron.core.models.hybrid.hybrid_block import HybridStack
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.identity_op import IdentityOp
 
+from nemo_vwn import runtime
 from nemo_vwn.collapse import VWNOutputNorm
 from nemo_vwn.config import VWNConfigError, check_tied_embeddings
 from nemo_vwn.model import VWNLanguageModelMixin, require_vwn_config
@@ -68,11 +69,7 @@ class VWNHybridModel(VWNLanguageModelMixin, HybridModel):
             raise VWNConfigError("hybrid_layer_pattern with MTP ('/'): VWN multi-token prediction "
                                  "is implemented for VWNGPTModel, not yet for hybrid stacks")
         if config.pipeline_model_parallel_size > 1:
-            from nemo_vwn.patches import pipeline_shapes
-
-            if not pipeline_shapes.is_applied():
-                raise VWNConfigError("pipeline_model_parallel_size > 1: call "
-                                     "nemo_vwn.patches.pipeline_shapes.apply() before training")
+            runtime.require_pipeline_shapes(type(self).__name__)
         self._defer_embedding_setup(True)
         super().__init__(**arguments)
         self._defer_embedding_setup(False)

@@ -26,8 +26,8 @@ from megatron.core.transformer.transformer_layer import (
     TransformerLayerSubmodules,
 )
 
-from nemo_vwn.layer_specs import _resolve_transformer_engine, to_vwn_layer_spec
-from nemo_vwn.patches.hybrid_local_norm import LocalFinalNormHybridStack
+from nemo_vwn.layer_specs import resolve_transformer_engine, to_vwn_layer_spec
+from nemo_vwn.norms import LocalFinalNormHybridStack
 
 _LAYER_FIELDS = ("mamba_layer", "gdn_layer", "attention_layer", "dsa_layer", "mla_layer",
                  "mlp_layer", "moe_layer")
@@ -77,7 +77,7 @@ def get_vwn_hybrid_stack_spec(use_transformer_engine: Optional[bool] = None,
                               normalization: str = "RMSNorm") -> ModuleSpec:
     """The VWN hybrid stack: upstream's TE stack (all layer types, Mamba included) when TE is
     importable, else megatron's local attention / MLP / MoE layers."""
-    if _resolve_transformer_engine(use_transformer_engine):
+    if resolve_transformer_engine(use_transformer_engine):
         from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec
 
         return to_vwn_hybrid_stack_spec(hybrid_stack_spec)

@@ -5,8 +5,8 @@ three changes, so every attention/MLP/MoE/norm choice stays upstream's:
     module                 TransformerLayer -> VWNTransformerLayer
     self_attn_bda/mlp_bda  bias+dropout+residual -> bias+dropout only (GHC does the residual)
     *_ghc                  one GHC per sub-layer
-and, for the local backend, the torch norms are built by ``patches.sp_torch_norm`` so that
-sequence parallelism works without Transformer Engine.
+and, for the local backend, the torch norms are built by ``norms.SequenceParallelTorchNorm`` so
+that sequence parallelism works without Transformer Engine.
 
 A VWN block spec puts ``VWNOutputNorm`` (collapse + final norm) in the block's final-norm slot.
 """
@@ -34,7 +34,7 @@ from nemo_vwn.bias_dropout import get_bias_dropout_branch
 from nemo_vwn.collapse import VWNOutputNorm
 from nemo_vwn.ghc import GHC
 from nemo_vwn.layer import VWNLayerMixin, VWNTransformerLayer, VWNTransformerLayerSubmodules
-from nemo_vwn.patches.sp_torch_norm import SequenceParallelTorchNorm
+from nemo_vwn.norms import SequenceParallelTorchNorm
 
 try:  # Transformer Engine is optional everywhere
     from megatron.core.extensions.transformer_engine import HAVE_TE
@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - depends on the installed megatron-core
     HAVE_TE = False
 
 
-def _resolve_transformer_engine(use_transformer_engine: Optional[bool]) -> bool:
+def resolve_transformer_engine(use_transformer_engine: Optional[bool]) -> bool:
     if use_transformer_engine is None:
         return bool(HAVE_TE)
     if use_transformer_engine and not HAVE_TE:
@@ -135,7 +135,7 @@ def get_vwn_layer_spec(
 
     ``use_transformer_engine``: None picks TE when importable, else the local (torch) modules.
     """
-    if _resolve_transformer_engine(use_transformer_engine):
+    if resolve_transformer_engine(use_transformer_engine):
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
         )
@@ -174,7 +174,7 @@ def get_vwn_decoder_block_spec(
     """
     block = get_gpt_decoder_block_spec(
         config,
-        use_transformer_engine=_resolve_transformer_engine(use_transformer_engine),
+        use_transformer_engine=resolve_transformer_engine(use_transformer_engine),
         normalization=normalization or config.normalization,
         qk_l2_norm=qk_l2_norm,
         vp_stage=vp_stage,

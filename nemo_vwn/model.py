@@ -29,6 +29,7 @@ from megatron.core.inference.utils import InferenceMode
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.multi_token_prediction import mtp_on_this_rank
 
+from nemo_vwn import runtime
 from nemo_vwn.config import VWNConfigError, check_tied_embeddings
 from nemo_vwn.embedding import VWNEmbedding
 from nemo_vwn.layer_specs import as_vwn_block_spec
@@ -87,14 +88,7 @@ class VWNGPTModel(VWNLanguageModelMixin, GPTModel):
         # Checks that need the model arguments, before anything is allocated.
         check_tied_embeddings(config, arguments["share_embeddings_and_output_weights"])
         if config.pipeline_model_parallel_size > 1:
-            from nemo_vwn.patches import pipeline_shapes
-
-            if not pipeline_shapes.is_applied():
-                raise VWNConfigError(
-                    "pipeline_model_parallel_size > 1: stage boundaries carry the wide state "
-                    "[s, b, D']; call nemo_vwn.patches.pipeline_shapes.apply() before training "
-                    "(nemo_vwn.runtime.prepare_runtime() and VWNModelProvider do it)"
-                )
+            runtime.require_pipeline_shapes(type(self).__name__)
         block_spec = as_vwn_block_spec(transformer_layer_spec, config, vp_stage=arguments["vp_stage"])
         _check_context_parallel_attention(block_spec, config)
         arguments["transformer_layer_spec"] = block_spec

@@ -28,7 +28,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.multi_token_prediction import roll_tensor
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from nemo_vwn.patches.sp_torch_norm import SequenceParallelTorchNorm
+from nemo_vwn.norms import SequenceParallelTorchNorm
 
 
 class BlockwiseMixer(MegatronModule):

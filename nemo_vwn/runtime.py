@@ -64,30 +64,45 @@ def prepare_runtime(bridge: bool = True) -> str:
 
     GPU: nothing is patched but the pipeline shapes (Bridge modules are imported normally). CPU: the
     CPU runtime shim and, with ``bridge``, the Bridge import placeholders for TE/NVRx and Bridge's
-    CPU setup patch. Idempotent.
+    CPU setup patch, in that order (each needs the one before). Idempotent. Each patch checks the
+    installed upstream versions against its APPLIES_TO when applied.
     """
-    from nemo_vwn.patches import pipeline_shapes
+    from nemo_vwn.patches import bridge_cpu, bridge_imports, cpu_runtime
 
-    pipeline_shapes.apply()  # a real upstream gap on every machine (VWN models only)
-    if cuda_usable():
-        device = "cuda"
-        if bridge:
-            from nemo_vwn.patches import bridge_imports
-
-            bridge_imports.apply()  # a plain import where TE/NVRx are installed
-    else:
-        device = "cpu"
-        from nemo_vwn.patches import cpu_runtime
-
-        cpu_runtime.apply()
-        if bridge:
-            from nemo_vwn.patches import bridge_cpu
-
-            bridge_cpu.apply()
+    apply_pipeline_shapes()  # a real upstream gap on every machine (VWN models only)
+    device = "cuda" if cuda_usable() else "cpu"
+    if device == "cpu":
+        cpu_runtime.apply()  # first: everything after it may touch torch.cuda
     if bridge:
+        bridge_imports.apply()  # a plain import where TE/NVRx are installed
+        if device == "cpu":
+            bridge_cpu.apply()  # needs cpu_runtime and the imported Bridge modules
         # Lets Bridge re-instantiate VWN providers from checkpoint run configs (allowlist).
         import nemo_vwn.bridge.provider  # noqa: F401
     return device
+
+
+def apply_pipeline_shapes() -> None:
+    """Pipeline stage boundaries sized for the wide state [s, b, D'] (``patches.pipeline_shapes``).
+
+    Idempotent; needed by any VWN model with pipeline_model_parallel_size > 1 on any machine.
+    """
+    from nemo_vwn.patches import pipeline_shapes
+
+    pipeline_shapes.apply()
+
+
+def require_pipeline_shapes(model_name: str) -> None:
+    """Raise VWNConfigError unless the pipeline-shape patch is applied (a PP > 1 VWN model)."""
+    from nemo_vwn.config import VWNConfigError
+    from nemo_vwn.patches import pipeline_shapes
+
+    if not pipeline_shapes.is_applied():
+        raise VWNConfigError(
+            f"{model_name} with pipeline_model_parallel_size > 1: stage boundaries carry the wide "
+            "state [s, b, D']; call nemo_vwn.runtime.apply_pipeline_shapes() (or "
+            "nemo_vwn.runtime.prepare_runtime()) before building it (VWNModelProvider does it)"
+        )
 
 
 def ensure_process_env() -> None:

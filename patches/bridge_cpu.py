@@ -4,7 +4,8 @@
 asserts CUDA), ``initialize_megatron`` runs ``make`` to compile megatron's dataset index helper
 (the wheel ships the compiled ``helpers_cpp`` extension but no Makefile), and it warms up CUDA JIT
 fusions with literal CUDA tensors. On CPU: allow no CUDA, keep the shipped helper, skip the warm-up
-(the fusions are off in CPU configs). Requires ``cpu_runtime`` (applied first by ``apply()``).
+(the fusions are off in CPU configs). Requires ``cpu_runtime`` and ``bridge_imports`` applied
+first (``nemo_vwn.runtime.prepare_runtime`` does the ordering).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+from nemo_vwn.patches import bridge_imports, cpu_runtime, versions
+
 REASON = (
     "Bridge setup asserts CUDA, compiles the dataset helper with make (no Makefile in the wheel) "
     "and warms up CUDA JIT fusions; on CPU allow no CUDA, use the shipped helper, skip the warm-up"
 )
-APPLIES_TO = "megatron-bridge 0.6.x"
+APPLIES_TO = {"megatron-bridge": ">=0.6,<0.7"}
 
 _state = {"applied": False}
 
@@ -31,11 +34,17 @@ def _noop_compile_helpers():
 def apply() -> None:
     if _state["applied"]:
         return
-    from nemo_vwn.patches import bridge_imports, cpu_runtime
-
-    cpu_runtime.apply()
-    bridge_imports.apply()
+    if not (cpu_runtime.is_applied() and bridge_imports.is_applied()):
+        raise RuntimeError(
+            "nemo_vwn.patches.bridge_cpu needs cpu_runtime and bridge_imports applied first; "
+            "call nemo_vwn.runtime.prepare_runtime()"
+        )
+    versions.check_installed("bridge_cpu", APPLIES_TO)
     from megatron.bridge.training import initialize, setup
+
+    versions.require_attributes("bridge_cpu", initialize,
+                                ("initialize_megatron", "compile_helpers", "_warmup_jit_function"))
+    versions.require_attributes("bridge_cpu", setup, ("initialize_megatron",))
 
     original = initialize.initialize_megatron
 

@@ -19,11 +19,13 @@ import logging
 import sys
 import types
 
+from nemo_vwn.patches import versions
+
 REASON = (
     "megatron-bridge imports transformer_engine and nvidia_resiliency_ext unguarded; import it with "
     "placeholders when they are absent (CPU machines), without making megatron-core think TE exists"
 )
-APPLIES_TO = "megatron-bridge 0.6.x (with megatron-core 0.19.x)"
+APPLIES_TO = {"megatron-bridge": ">=0.6,<0.7", "megatron-core": ">=0.19,<0.20"}
 
 OPTIONAL_PACKAGES = ("transformer_engine", "nvidia_resiliency_ext")
 
@@ -153,6 +155,7 @@ def apply() -> None:
     """Import the Bridge modules VWN training uses (idempotent)."""
     if _state["applied"]:
         return
+    versions.check_installed("bridge_imports", APPLIES_TO)
     missing = _missing_packages()
     if missing:
         # Bridge logs each probe of an absent TE symbol with a full traceback at INFO level (and

@@ -15,20 +15,30 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from nemo_vwn.patches import versions
+
 REASON = (
     "GPTModelProvider.provide() hard-codes megatron's GPTModel and a TE-only MTP spec; rebind "
     "them for one call (VWNGPTModel; local-module MTP for CPU baselines)"
 )
-APPLIES_TO = "megatron-bridge 0.4-0.6"
+APPLIES_TO = {"megatron-bridge": ">=0.6,<0.7"}
 
 _lock = threading.Lock()
+
+
+def _gpt_provider(name: str):
+    """Bridge's gpt_provider module, after checking the versions and that ``name`` still exists."""
+    import megatron.bridge.models.gpt_provider as gpt_provider
+
+    versions.check_installed("bridge_provider", APPLIES_TO)
+    versions.require_attributes("bridge_provider", gpt_provider, (name,))
+    return gpt_provider
 
 
 @contextlib.contextmanager
 def gpt_model_class(model_class):
     """Within the block, GPTModelProvider.provide() builds ``model_class``."""
-    import megatron.bridge.models.gpt_provider as gpt_provider
-
+    gpt_provider = _gpt_provider("MCoreGPTModel")
     with _lock:
         original = gpt_provider.MCoreGPTModel
         gpt_provider.MCoreGPTModel = model_class
@@ -57,8 +67,7 @@ def _local_mtp_block_spec(config, vp_stage=None):
 def local_mtp_block_spec():
     """Within the block, GPTModelProvider.provide() builds the upstream MTP block from local
     modules (Bridge's ``mtp_block_spec`` hard-codes ``use_transformer_engine=True``)."""
-    import megatron.bridge.models.gpt_provider as gpt_provider
-
+    gpt_provider = _gpt_provider("mtp_block_spec")
     with _lock:
         original = gpt_provider.mtp_block_spec
         gpt_provider.mtp_block_spec = _local_mtp_block_spec

@@ -33,11 +33,15 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from nemo_vwn.patches import versions
+
 REASON = (
     "megatron-core/Bridge call CUDA-only APIs (torch.cuda.*, literal device='cuda', CUDA RNG); "
     "map them onto the CPU so tests and CPU runs work with gloo"
 )
-APPLIES_TO = "megatron-core 0.16-0.19, megatron-bridge 0.4-0.6, torch 2.9-2.13"
+# torch: the torch.cuda runtime API it replaces was checked up to 2.13
+APPLIES_TO = {"megatron-core": ">=0.19,<0.20", "megatron-bridge": ">=0.6,<0.7",
+              "torch": ">=2.9,<2.14"}
 
 _CPU = torch.device("cpu")
 _state: dict[str, Any] = {"applied": False, "mode": None, "cuda_gen": None}
@@ -310,6 +314,7 @@ def apply() -> None:
     if _state["applied"]:
         return
     check_no_cuda(torch.cuda.is_available())
+    versions.check_installed("cpu_runtime", APPLIES_TO)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(0)
     _state["cuda_gen"] = gen

@@ -14,11 +14,15 @@ for both schedules without copying them. Non-VWN models are untouched.
 
 from __future__ import annotations
 
+from nemo_vwn.patches import versions
+
 REASON = (
     "pipeline schedules size p2p buffers from config.hidden_size; VWN stage boundaries carry the "
     "wide state of width D' = virtual_hidden_size"
 )
-APPLIES_TO = "megatron-core 0.16-0.19 (schedules.get_tensor_shapes / interleaved tensor_shape)"
+# schedules.get_tensor_shapes / the interleaved schedule's inline tensor_shape, both via
+# schedules.get_model_config
+APPLIES_TO = {"megatron-core": ">=0.19,<0.20"}
 
 _state = {"applied": False, "original": None}
 
@@ -55,6 +59,8 @@ def apply() -> None:
         return
     from megatron.core.pipeline_parallel import schedules
 
+    versions.check_installed("pipeline_shapes", APPLIES_TO)
+    versions.require_attributes("pipeline_shapes", schedules, ("get_model_config",))
     original = schedules.get_model_config
 
     def get_model_config(model):

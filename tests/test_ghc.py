@@ -200,3 +200,34 @@ def test_recompute_gives_identical_gradients_and_saves_activations(megatron_cpu)
         assert torch.equal(grad, results[True]["grads"][name]), name
     assert results[True]["saved"] < 0.85 * results[False]["saved"], (
         results[True]["saved"], results[False]["saved"])
+
+
+def test_backend_is_chosen_once_and_named():
+    ghc = make_ghc(2, 3)
+    assert ghc.backend.name == "torch" and "backend=torch" in repr(ghc)
+    with pytest.raises(ValueError, match="ghc_impl='cuda' is not one of"):
+        from nemo_vwn.kernels import build_backend
+
+        build_backend("cuda", 3, 2, reference=object)
+
+
+def test_write_applies_bias_and_dropout_of_the_branch():
+    """write(z, bias, p) == write(dropout(z + bias)): bias added, p=1 drops the branch (only the
+    carried state remains), eval mode keeps it."""
+    ghc = make_ghc(2, 3)
+    randomize(ghc, seed=4)
+    H = torch.randn(3, 2, 3 * ghc.d)
+    z = torch.randn(3, 2, 2 * ghc.d)
+    bias = torch.randn(2 * ghc.d)
+    _, state = ghc.read(H)
+    assert torch.allclose(ghc.write(z, state, bias=bias), ghc.write(z + bias, state))
+    assert torch.allclose(ghc.write(z, state, bias=bias, dropout_p=1.0),
+                          ghc.write(torch.zeros_like(z), state))
+    assert torch.equal(ghc.write(z, state, dropout_p=0.5, training=False), ghc.write(z, state))
+    torch.manual_seed(0)
+    dropped = ghc.write(z, state, dropout_p=0.5)
+    torch.manual_seed(0)
+    keep = torch.nn.functional.dropout(torch.ones_like(z), 0.5) > 0
+    assert torch.allclose(dropped, ghc.write(torch.where(keep, 2 * z, 0.0), state))
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        ghc.write(z, state, dropout_p=1.5)

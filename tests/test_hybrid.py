@@ -76,7 +76,7 @@ def test_mamba_wrapper_with_a_stand_in_mixer(megatron_cpu):
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
     from nemo_vwn.layer_specs import to_vwn_layer_spec
-    from nemo_vwn.patches.sp_torch_norm import SequenceParallelTorchNorm
+    from nemo_vwn.norms import SequenceParallelTorchNorm
 
     class StandInMixer(torch.nn.Module):  # the mamba-ssm mixer needs CUDA kernels
         def __init__(self, config, d_model, **kwargs):

@@ -10,7 +10,7 @@ from nemo_vwn.collapse import VWNOutputNorm
 from nemo_vwn.ghc import GHC
 from nemo_vwn.layer import VWNTransformerLayer
 from nemo_vwn.layer_specs import HAVE_TE, to_vwn_layer_spec
-from nemo_vwn.patches.sp_torch_norm import SequenceParallelTorchNorm
+from nemo_vwn.norms import SequenceParallelTorchNorm
 from nemo_vwn.testing.models import vwn_config
 
 

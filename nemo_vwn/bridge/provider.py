@@ -20,10 +20,10 @@ from typing import Callable, Optional, Union
 from megatron.bridge.models.gpt_provider import GPTModelProvider
 from megatron.core.transformer import ModuleSpec
 
+from nemo_vwn import runtime
 from nemo_vwn.config import VWNConfigError, VWNConfigMixin, check_tied_embeddings
 from nemo_vwn.layer_specs import HAVE_TE, get_vwn_decoder_block_spec
 from nemo_vwn.model import VWNGPTModel
-from nemo_vwn.patches import pipeline_shapes
 from nemo_vwn.patches.bridge_provider import gpt_model_class
 
 try:  # Bridge re-instantiates providers from checkpoint run configs only for allowed prefixes
@@ -77,7 +77,7 @@ class VWNProviderMixin:
 
     def provide(self, pre_process=None, post_process=None, vp_stage=None) -> VWNGPTModel:
         if self.pipeline_model_parallel_size > 1:
-            pipeline_shapes.apply()  # stage boundaries carry the wide state
+            runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
         with gpt_model_class(VWNGPTModel), _without_upstream_mtp_spec():
             model = super().provide(pre_process=pre_process, post_process=post_process,
                                     vp_stage=vp_stage)

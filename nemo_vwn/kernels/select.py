@@ -1,20 +1,30 @@
-"""``ghc_impl`` selection: "torch" | "triton" | "auto" (config field of VWNConfigMixin).
+"""Which GHC backend runs: ``ghc_impl`` = "torch" | "triton" | "auto", decided once per GHC module.
 
-    "torch"   the plain-torch GHC in ghc.py (reference and fallback); never imports the kernels.
-    "triton"  the fused Triton kernels, always. On a CUDA tensor they run compiled; on a CPU tensor
-              only through Triton's interpreter (TRITON_INTERPRET=1 set before Python starts —
-              slow, for tests). Anything else raises GHCKernelUnavailableError naming the field.
-    "auto"    the kernels when the wide state is a CUDA tensor, compiled Triton is usable and the
-              shape/dtype is supported; the torch path otherwise (CPU, interpreter, float64, ...).
+    "torch"   the plain-torch reference in ghc.py (``TorchGHCBackend``); never imports the kernels.
+    "triton"  the fused Triton kernels (``TritonGHCBackend``), always. On a CUDA tensor they run
+              compiled; on a CPU tensor only through Triton's interpreter (TRITON_INTERPRET=1 set
+              before Python starts -- slow, for tests). Where they can never run, building the GHC
+              raises GHCKernelUnavailableError naming the field; a tensor they cannot take (float64,
+              a CPU tensor without the interpreter) raises the same error at ``read``.
+    "auto"    the machine decides, once: Triton when compiled Triton is usable (a CUDA device,
+              interpreter off) and n, m <= 64; the torch reference otherwise. Logged once per
+              choice.
 
-The decision is made per call from the tensor actually passed (a model built on CPU and moved to
-the GPU switches over), and costs a few attribute checks.
+``build_backend`` returns an object with ``name``, ``read(ghc, h)`` and
+``write(ghc, z, state, ...)`` (the interface GHC.read / GHC.write delegate to; see
+``nemo_vwn.kernels.backend``). The torch
+reference lives in ghc.py (rank 2, above this package), so it is passed in as ``reference``.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import torch
 
+from nemo_vwn.config import GHC_IMPL_CHOICES as GHC_IMPLS  # ("torch", "triton", "auto")
+from nemo_vwn.kernels.backend import GHCBackend
 from nemo_vwn.kernels.runtime import (
     GHCKernelUnavailableError,
     compiled_triton_usable,
@@ -25,9 +35,11 @@ from nemo_vwn.kernels.runtime import (
     triton_importable,
 )
 
-from nemo_vwn.config import GHC_IMPL_CHOICES as GHC_IMPLS  # noqa: E402  ("torch", "triton", "auto")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_SLOTS = 64  # n (and m) up to 64: the paper's largest setting (8, 64); register tiles are n×n
+
+logger = logging.getLogger("nemo_vwn.ghc")
+_logged: set[tuple[str, str]] = set()
 
 
 def unsupported_reason(n: int, m: int, dtype: torch.dtype) -> str | None:
@@ -64,19 +76,40 @@ def check_ghc_impl(impl: str, n: int, m: int) -> None:
         raise _unavailable(f"(m, n) = ({m}, {n}); the kernels support n, m <= {MAX_SLOTS}")
 
 
-def use_triton(impl: str, n: int, m: int, hidden_states: torch.Tensor) -> bool:
-    """Per call: run the kernels on this wide state? Raises for 'triton' where they cannot."""
-    if impl == "torch":
-        return False
+def check_kernel_input(n: int, m: int, hidden_states: torch.Tensor) -> None:
+    """Per read of the Triton backend: can the kernels take this tensor? Raises if not."""
     reason = unsupported_reason(n, m, hidden_states.dtype)
-    if impl == "auto":
-        return reason is None and hidden_states.is_cuda and compiled_triton_usable()
     if reason is not None:
         raise _unavailable(reason)
-    if not triton_importable():
-        raise _unavailable("triton is not importable")
-    if interpreter_active() or hidden_states.is_cuda:
-        return True
-    raise _unavailable(
-        f"the wide state is on {hidden_states.device} and Triton's interpreter is not active"
-    )
+    if not (hidden_states.is_cuda or interpreter_active()):
+        raise _unavailable(
+            f"the wide state is on {hidden_states.device} and Triton's interpreter is not active"
+        )
+
+
+def choose_backend(impl: str, n: int, m: int) -> str:
+    """The backend name for ``ghc_impl`` on this machine ("torch" | "triton"); validates impl."""
+    check_ghc_impl(impl, n, m)
+    if impl != "auto":
+        return impl
+    if not compiled_triton_usable():
+        name, why = "torch", "no compiled Triton (no CUDA device, or the interpreter is on)"
+    elif n > MAX_SLOTS or m > MAX_SLOTS:
+        name, why = "torch", f"(m, n) = ({m}, {n}) is beyond the kernels' n, m <= {MAX_SLOTS}"
+    else:
+        name, why = "triton", "compiled Triton on CUDA"
+    if (name, why) not in _logged:
+        _logged.add((name, why))
+        logger.info("ghc_impl='auto' chose the %s GHC backend: %s (force it with ghc_impl=...)",
+                    name, why)
+    return name
+
+
+def build_backend(impl: str, n: int, m: int, reference: Callable[[], GHCBackend]) -> GHCBackend:
+    """The backend object a GHC module uses for its whole life (see the module docstring)."""
+    name = choose_backend(impl, n, m)
+    if name == "triton":
+        from nemo_vwn.kernels.triton_backend import TritonGHCBackend  # imports triton
+
+        return TritonGHCBackend()
+    return reference()

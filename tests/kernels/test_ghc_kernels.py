@@ -12,9 +12,10 @@ import copy
 import pytest
 import torch
 
-from nemo_vwn.ghc import GHCState
+from nemo_vwn.ghc import GHC, GHCState
 from nemo_vwn.kernels import GHCKernelUnavailableError, ghc_autograd, select
 from nemo_vwn.kernels.ghc_autograd import TritonGHCState, dropout_keep_mask, ghc_write
+from nemo_vwn.testing.models import vwn_config
 from tests.kernels.common import device, make_inputs, make_pair, rel_err, run_layer
 
 SHAPES = [(2, 3), (8, 16), (8, 64), (1, 4)]  # (m, n): 1.5x, 2x, 8x, Hyper-Connection-like m=1
@@ -176,33 +177,39 @@ def test_fused_dropout_equals_torch_with_the_same_mask():
 
 
 # ------------------------------------------------------------------------------------ selection
-def test_selection_triton_auto_torch():
-    _, tri = make_pair(2, 3, D, True)
+def test_backend_is_chosen_once_at_construction():
+    """triton always runs the kernels; auto takes them only with compiled Triton (CUDA), else the
+    torch reference; the state type follows the backend, and a tensor the kernels cannot take is
+    refused by name (no silent per-call fallback)."""
+    ref, tri = make_pair(2, 3, D, True)
+    assert (tri.backend.name, ref.backend.name) == ("triton", "torch")
     H = torch.randn(2, 2, 3 * D, device=device())
     assert isinstance(tri.read(H)[1], TritonGHCState)
-    auto = make_pair(2, 3, D, True)[0]
-    auto.impl = "auto"
-    expect_kernels = H.is_cuda and select.compiled_triton_usable()
-    assert isinstance(auto.to(H.device).read(H)[1], TritonGHCState if expect_kernels else GHCState)
-    # auto falls back for what the kernels do not take; triton refuses it by name
-    H64 = H.double()
-    assert isinstance(auto.double().read(H64)[1], GHCState)
+    assert isinstance(ref.read(H.cpu())[1], GHCState)
+    auto = GHC(vwn_config(n=3, m=2, hidden_size=2 * D, vwn_collapse="linear", ghc_impl="auto"))
+    expect = "triton" if select.compiled_triton_usable() else "torch"
+    assert auto.backend.name == expect
     with pytest.raises(GHCKernelUnavailableError, match="ghc_impl='triton'.*float64"):
-        tri.double().read(H64)
+        tri.double().read(H.double())
 
 
-def test_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch):
+def test_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch, caplog):
     monkeypatch.setattr(select, "cuda_usable", lambda: False)
     monkeypatch.setattr(select, "interpreter_active", lambda: False)
     monkeypatch.setattr(select, "interpreter_requested", lambda: False)
+    monkeypatch.setattr(select, "compiled_triton_usable", lambda: False)
+    monkeypatch.setattr(select, "_logged", set())
     with pytest.raises(GHCKernelUnavailableError, match="TRITON_INTERPRET=1"):
         select.check_ghc_impl("triton", 3, 2)
     with pytest.raises(GHCKernelUnavailableError, match="interpreter is not active"):
-        select.use_triton("triton", 3, 2, torch.randn(2, 3))
-    select.check_ghc_impl("auto", 3, 2)  # auto never refuses: it falls back to torch
-    assert not select.use_triton("auto", 3, 2, torch.randn(2, 3))
+        select.check_kernel_input(3, 2, torch.randn(2, 3))
+    with caplog.at_level("INFO", logger="nemo_vwn.ghc"):
+        assert select.choose_backend("auto", 3, 2) == "torch"  # auto never refuses
+        assert select.choose_backend("auto", 3, 2) == "torch"
+    assert len([r for r in caplog.records if "chose the torch GHC backend" in r.message]) == 1
     monkeypatch.setattr(select, "interpreter_requested", lambda: True)
-    with pytest.raises(GHCKernelUnavailableError, match="before triton is imported|before starting"):
+    with pytest.raises(GHCKernelUnavailableError,
+                       match="before triton is imported|before starting"):
         select.check_ghc_impl("triton", 3, 2)
     with pytest.raises(GHCKernelUnavailableError, match="n, m <= 64"):
         monkeypatch.setattr(select, "interpreter_active", lambda: True)
@@ -239,3 +246,16 @@ def test_sequence_parallel_grads_allreduced_equal_single_process():
         rank = r["rank"]
         assert r["mode"] == results[0]["mode"]
         assert rel_err(r["dH"], full["dH"][rank * half:(rank + 1) * half]) < 1e-6
+
+
+def test_ghc_write_routes_bias_and_dropout_into_the_fused_write():
+    _, tri = make_pair(2, 3, D, True, seed=8)
+    inputs = make_inputs(tri, 2, 2)
+    H, z = inputs["H"].to(device()), inputs["z"].to(device())
+    bias = torch.randn(2 * D, device=device())
+    seed = torch.tensor([123], dtype=torch.int64, device=device())
+    with torch.no_grad():
+        _, state = tri.read(H)
+        via_module = tri.write(z, state, bias=bias, dropout_p=0.3, seed=seed)
+        direct = ghc_write(tri, z, state, bias=bias, dropout_p=0.3, training=True, seed=seed)
+    assert torch.equal(via_module, direct)

@@ -79,5 +79,6 @@ def test_patch_registry_describes_every_patch():
     from nemo_vwn.patches import describe
 
     rows = describe()
-    assert {name for name, _, _ in rows} >= {"cpu_runtime", "sp_torch_norm"}
+    assert {name for name, _, _ in rows} == {"cpu_runtime", "pipeline_shapes", "bridge_imports",
+                                             "bridge_cpu", "bridge_provider"}
     assert all(reason and versions for _, reason, versions in rows)

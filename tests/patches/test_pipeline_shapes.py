@@ -43,5 +43,5 @@ def test_pipeline_parallel_vwn_model_requires_the_patch(megatron_cpu, monkeypatc
     monkeypatch.setitem(pipeline_shapes._state, "applied", False)
     config = vwn_config(n=4, m=2)
     config.pipeline_model_parallel_size = 2  # a PP=2 config (process groups are not needed)
-    with pytest.raises(VWNConfigError, match="pipeline_shapes.apply"):
+    with pytest.raises(VWNConfigError, match="apply_pipeline_shapes"):
         build_vwn_gpt(config)
