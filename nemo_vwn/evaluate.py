@@ -59,11 +59,11 @@ def evaluate_rank(rank: int, world_size: int, checkpoint: str, data_dir: str, se
     from megatron.bridge.data.utils import pretrain_train_valid_test_datasets_provider
     from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
 
-    from nemo_vwn.convert.reshard import _init_layout, _load
+    from nemo_vwn.convert.models import causal_mask, init_layout, load_models
     from nemo_vwn.data.bridge import dataset_config, tokenizer_config
 
-    _init_layout(rank, world_size, 1, 1, 1)
-    model = _load(checkpoint, 1, 1, 1)[0]
+    init_layout(rank, world_size, 1, 1, 1)
+    model = load_models(checkpoint, 1, 1, 1)[0]
     depths = model.config.mtp_num_layers or 0
     with tempfile.TemporaryDirectory() as cache:
         cfg = dataset_config(data_dir, seq_length, num_workers=0, path_to_cache=cache)
@@ -71,13 +71,14 @@ def evaluate_rank(rank: int, world_size: int, checkpoint: str, data_dir: str, se
         cfg.tokenizer = build_tokenizer(tokenizer_config(data_dir))
         _, valid, _ = pretrain_train_valid_test_datasets_provider([0, num_samples, 0], cfg)
         samples = [valid[i] for i in range(num_samples)]
-    mask = torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool), diagonal=1)[None, None]
+    mask = causal_mask(seq_length)
     sums, counts = [0.0] * (1 + depths), [0.0] * (1 + depths)
     for start in range(0, num_samples, batch_size):
         batch = samples[start:start + batch_size]
         batch_sums, batch_counts = batch_losses(
             model, torch.stack([s["tokens"] for s in batch]),
-            torch.stack([s["position_ids"] for s in batch]), torch.stack([s["labels"] for s in batch]),
+            torch.stack([s["position_ids"] for s in batch]),
+            torch.stack([s["labels"] for s in batch]),
             torch.stack([s["loss_mask"] for s in batch]).float(), mask)
         sums = [a + b for a, b in zip(sums, batch_sums)]
         counts = [a + b for a, b in zip(counts, batch_counts)]

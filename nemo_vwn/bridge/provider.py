@@ -45,7 +45,7 @@ def vwn_layer_spec(config, vp_stage: Optional[int] = None):
 
 
 @contextlib.contextmanager
-def _without_upstream_mtp_spec():
+def without_upstream_mtp_spec():
     """Within the block, Bridge's provide() passes ``mtp_block_spec=None``.
 
     VWNGPTModel builds its own MTP block from the decoder's VWN layer spec and ignores an upstream
@@ -78,7 +78,7 @@ class VWNProviderMixin:
     def provide(self, pre_process=None, post_process=None, vp_stage=None) -> VWNGPTModel:
         if self.pipeline_model_parallel_size > 1:
             runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
-        with gpt_model_class(VWNGPTModel), _without_upstream_mtp_spec():
+        with gpt_model_class(VWNGPTModel), without_upstream_mtp_spec():
             model = super().provide(pre_process=pre_process, post_process=post_process,
                                     vp_stage=vp_stage)
         if not isinstance(model, VWNGPTModel):

@@ -45,7 +45,8 @@ def _vwn_settings_ok(config) -> None:
 
 @torch.no_grad()
 def upcycle_weights(baseline: torch.nn.Module, vwn: torch.nn.Module,
-                    extra_slots: str = "random", generator: Optional[torch.Generator] = None) -> dict:
+                    extra_slots: str = "random",
+                    generator: Optional[torch.Generator] = None) -> dict:
     """Copy a baseline model's weights into a freshly built VWN model of the same backbone.
 
     Both models must have the same parallel layout (this rank's shards are copied). Returns a

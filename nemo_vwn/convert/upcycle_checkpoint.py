@@ -1,12 +1,15 @@
 """``nemo-vwn convert upcycle``: a baseline Megatron-Bridge checkpoint -> a VWN checkpoint.
 
 The baseline's run config gives the provider (its own class, e.g. an OLMoE provider);
-``nemo_vwn.bridge.to_vwn_provider`` makes its VWN variant with the same backbone,
+``nemo_vwn.bridge.to_vwn_provider`` makes its VWN variant with the same backbone
+(``build_vwn_model``),
 ``nemo_vwn.convert.upcycle.upcycle_weights`` maps the weights (see there for the choices), the
-result is verified — the logits of a probe batch must equal the baseline's (bit for bit with the
-linear collapse, within 1e-4 with norm_linear) — and saved atomically with Bridge's
-``save_megatron_model`` (weights + run config; no optimizer state). Continue pretraining from it
-with ``checkpoint.pretrained_checkpoint=<output>`` and the VWN fields it reports.
+result is verified (``nemo_vwn.convert.verify``) — the logits of a probe batch must equal the
+baseline's (bit for bit with the linear collapse, within ``NORM_LINEAR_TOLERANCE`` with
+norm_linear) — and saved atomically with Bridge's ``save_megatron_model`` (weights + run config;
+no optimizer state). Continue pretraining from it with ``checkpoint.pretrained_checkpoint=<output>``
+and the VWN fields it reports. Starting from a Hugging Face model instead: ``nemo_vwn.convert.
+upcycle_hf``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,23 @@ from typing import Optional
 import torch
 
 from nemo_vwn.convert.checkpoint import CheckpointError, atomic_output, resolve_checkpoint
+from nemo_vwn.convert.models import clear_training_hooks, init_layout, load_models, probe_logits
+from nemo_vwn.convert.verify import verify_logits
 
 SINGLE_PROCESS = dict(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
                       expert_model_parallel_size=1, context_parallel_size=1,
                       virtual_pipeline_model_parallel_size=None, sequence_parallel=False,
                       num_layers_in_first_pipeline_stage=None,
                       num_layers_in_last_pipeline_stage=None, pipeline_model_parallel_layout=None)
+PROBE_TOKENS = 32
+NORM_LINEAR_TOLERANCE = 1e-4
+"""norm_linear at gain 1 differs from the baseline by a factor 1 + O(eps / mean(h^2)) (see
+nemo_vwn.convert.upcycle); the linear collapse is exact (tolerance 0)."""
+
+
+def upcycle_tolerance(collapse: str) -> float:
+    """Max |Δlogit| an upcycled model may differ from its baseline by."""
+    return 0.0 if collapse == "linear" else NORM_LINEAR_TOLERANCE
 
 
 def upcycle_rank(rank: int, world_size: int, source: str, output: str, n: int, m: int,
@@ -30,23 +44,24 @@ def upcycle_rank(rank: int, world_size: int, source: str, output: str, n: int, m
     from nemo_vwn.runtime import prepare_runtime
 
     prepare_runtime()
-    from nemo_vwn.convert.reshard import _init_layout, _load, _logits
+    from nemo_vwn.convert.checkpoint import load_provider
     from nemo_vwn.convert.upcycle import upcycle_weights
 
-    _init_layout(rank, world_size, 1, 1, 1)
-    baseline = _load(source, 1, 1, 1)
+    init_layout(rank, world_size, 1, 1, 1)
+    baseline = load_models(source, 1, 1, 1)
     if hasattr(baseline[0].config, "virtual_width_n"):
         raise CheckpointError(f"{source} is already a VWN checkpoint "
                               f"(virtual_width_n={baseline[0].config.virtual_width_n})")
-    vwn = [_build_vwn(source, n, m, dynamic, collapse, embedding)]
+    provider = load_provider(source)
+    for field, value in SINGLE_PROCESS.items():
+        if hasattr(provider, field):
+            setattr(provider, field, value)
+    vwn = [build_vwn_model(provider, n, m, dynamic, collapse, embedding)]
     report = upcycle_weights(baseline[0], vwn[0], extra_slots=extra_slots,
                              generator=torch.Generator().manual_seed(seed))
-    seq = 32
-    diff = (_logits(vwn, seq) - _logits(baseline, seq)).abs().max().item()
-    tolerance = 0.0 if collapse == "linear" else 1e-4
-    if diff > tolerance:
-        raise CheckpointError(f"verification failed: the upcycled model's logits differ from the "
-                              f"baseline's by {diff:.3g} (allowed {tolerance:g}); no output written")
+    diff = verify_logits(probe_logits(baseline, PROBE_TOKENS), probe_logits(vwn, PROBE_TOKENS),
+                         upcycle_tolerance(collapse), subject="the upcycled model",
+                         against="the baseline")
     from megatron.bridge.training.model_load_save import save_megatron_model
 
     save_megatron_model(vwn, output)
@@ -57,17 +72,13 @@ def upcycle_rank(rank: int, world_size: int, source: str, output: str, n: int, m
     return report
 
 
-def _build_vwn(source: str, n: int, m: int, dynamic: bool, collapse: str, embedding: str):
+def build_vwn_model(provider, n: int, m: int, dynamic: bool, collapse: str, embedding: str):
+    """The VWN variant of a baseline provider (its own class with the VWN fields, identity
+    collapse init), built fresh on this rank in eval mode; ``provider`` is left unchanged."""
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from nemo_vwn.bridge.apply import to_vwn_provider
-    from nemo_vwn.convert.checkpoint import load_provider
-    from nemo_vwn.convert.reshard import clear_training_hooks
 
-    provider = load_provider(source)
-    for field, value in SINGLE_PROCESS.items():
-        if hasattr(provider, field):
-            setattr(provider, field, value)
     provider.perform_initialization = True
     if not torch.cuda.is_available():
         provider.use_cpu_initialization = True

@@ -6,9 +6,11 @@ directory without ``trust_remote_code``. Exported directories also carry copies 
 ``configuration_vwn.py`` and ``modeling_vwn.py`` with an ``auto_map``, so
 ``trust_remote_code=True`` loads them where nemo_vwn is not installed.
 
-The Megatron-Bridge conversion (``MegatronModelBridge`` registration, parameter mappings) is in
-``nemo_vwn.hf.bridge`` (it imports megatron; this package does not). Checkpoint-level export and
-import with validation: ``nemo_vwn.convert.hf`` (``nemo-vwn convert export-hf|import-hf``).
+The Megatron-Bridge conversion is in ``nemo_vwn.hf.bridge`` (the ``MegatronModelBridge``
+registration), ``nemo_vwn.hf.config_mapping`` (provider <-> HF config) and
+``nemo_vwn.hf.param_mapping`` (parameter mappings); they import megatron, this package does not.
+Checkpoint-level export and import with validation: ``nemo_vwn.convert.hf``
+(``nemo-vwn convert export-hf|import-hf``).
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM

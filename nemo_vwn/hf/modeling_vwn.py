@@ -9,15 +9,15 @@ torch + transformers.
 Notation: D = hidden_size, m = virtual_width_m, d = D/m, n = virtual_width_n, D' = n*d. Tensors
 are batch-first here: a wide state is [b, s, D'], viewed per token as H with shape (n, d).
 
-    ids --embedding--> h [b, s, D']                     wide table (V, D'), or table (V, D) + Linear D->D'
+    ids --embedding--> h [b, s, D']     wide table (V, D'), or table (V, D) + Linear D->D'
         for each layer (two GHCs, each around one pre-norm branch):
             x, st = GHC_attn.read(h);  h = GHC_attn.write(Attention(Norm(x)), st)
             x, st = GHC_mlp.read(h);   h = GHC_mlp.write(MLP_or_MoE(Norm(x)), st)
-        collapse: W_reduce · GroupNorm_r(h) [b, s, D]  ->  final Norm  ->  LM head  ->  logits [b, s, V]
+        collapse: W_reduce · GroupNorm_r(h) [b, s, D] -> final Norm -> LM head -> logits [b, s, V]
 
-GHC (vwn-method.md sections 3-4), per token with H (n, d), A = [A_read | A_carry] (n, m+n), B (m, n):
+GHC (docs/method.md §3-4), per token with H (n, d), A = [A_read | A_carry] (n, m+n), B (m, n):
     (1) X = A_readᵀ H (m, d) -> x in R^D          (2) z = Branch(x), Z (m, d)
-    (3) H' = Bᵀ Z + A_carryᵀ H                    compact: M = Aᵀ H (m+n, d), x = M[:m], carry = M[m:]
+    (3) H' = Bᵀ Z + A_carryᵀ H            compact: M = Aᵀ H (m+n, d), x = M[:m], carry = M[m:]
 DGHC: Hn = RMSNorm_d(H) (one gain of size d shared by the slots);
     A(H) = S_A ∘ tanh(Hn W_A / sqrt(d)) + A_static,   W_A (d, m+n)
     B(H) = S_B ∘ tanh(Hn W_B / sqrt(d))ᵀ + B_static,  W_B (d, m)
@@ -29,6 +29,9 @@ decoder layer's wide state H^0 (before the collapse):
     H^j = VWN layer( BlockMix( Norm_D'(H^{j-1}), Norm_D'(E^j) ) ),  BlockMix = one Linear(2d -> d)
           applied to each [hidden_slot ; embedding_slot] pair;   logits^j = head(collapse(H^j))
     (logits^j at position t predict token t + j + 1.)
+
+Each block that mirrors a Megatron-side module says so in a ``# mirrors ...`` comment above it
+(tests/hf/test_parity_blocks.py loads the same parameters into both and compares outputs).
 
 Megatron semantics reproduced (megatron-core 0.19): fused QKV split per query group (done by the
 converter; here q/k/v are separate), RoPE on the first ``partial_rotary_factor`` of each head in
@@ -72,6 +75,7 @@ ACTIVATIONS = {
 }
 
 
+# mirrors megatron's local RMSNorm / LayerNorm (megatron.core.transformer.torch_norm)
 class VWNNorm(nn.Module):
     """RMSNorm or LayerNorm over the last ``dim`` features (``config.normalization``).
 
@@ -95,6 +99,7 @@ class VWNNorm(nn.Module):
         return F.layer_norm(x, (self.dim,), weight, self.bias, self.eps)
 
 
+# mirrors nemo_vwn.ghc.static_alpha_init (docs/method.md §3)
 def static_alpha_init(n: int, m: int) -> torch.Tensor:
     """A_static = [A_read | A_carry] with A_read = [I_m ; 0] and A_carry = I_n: (n, m+n)."""
     alpha = torch.zeros(n, m + n)
@@ -103,6 +108,7 @@ def static_alpha_init(n: int, m: int) -> torch.Tensor:
     return alpha
 
 
+# mirrors nemo_vwn.ghc.static_beta_init (docs/method.md §3)
 def static_beta_init(n: int, m: int) -> torch.Tensor:
     """B_static[i, j] = 1 if j mod m == i: (m, n)."""
     j = torch.arange(n)
@@ -110,6 +116,7 @@ def static_beta_init(n: int, m: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- GHC
+# mirrors nemo_vwn.ghc.GHC: coefficients, read, write (docs/method.md §3 GHC, §4 DGHC)
 class VWNGHC(nn.Module):
     """One GHC/DGHC around one branch: ``read`` (eq. 1) and ``write`` (eq. 3), see module docs."""
 
@@ -162,6 +169,7 @@ class VWNGHC(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- attention
+# mirrors megatron.core.models.common.embeddings.rotary_pos_embedding.RotaryEmbedding
 def rotary_cos_sin(config: VWNHFConfig, position_ids, dtype):
     """cos, sin [b, s, rot_dim] for integer positions [b, s] (megatron's RotaryEmbedding)."""
     dim = int(config.head_dim * config.partial_rotary_factor)
@@ -172,6 +180,7 @@ def rotary_cos_sin(config: VWNHFConfig, position_ids, dtype):
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+# mirrors megatron.core.models.common.embeddings.rope_utils.apply_rotary_pos_emb (not interleaved)
 def apply_rotary(t, cos, sin):
     """t [b, heads, s, hd]: rotate the first rot_dim features ("rotate half"), pass the rest."""
     rot = cos.shape[-1]
@@ -182,6 +191,7 @@ def apply_rotary(t, cos, sin):
     return torch.cat((t_rot * cos + rotated * sin, t_pass), dim=-1)
 
 
+# mirrors megatron.core.transformer.attention.SelfAttention + DotProductAttention (local spec)
 class VWNAttention(nn.Module):
     """Causal self-attention at width D with GQA: [b, s, D] -> [b, s, D]."""
 
@@ -224,6 +234,7 @@ class VWNAttention(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- MLP / MoE
+# mirrors megatron.core.transformer.mlp.MLP (and one local expert of the MoE)
 class VWNMLP(nn.Module):
     """Dense MLP: down(act(gate x) * up x) with a GLU, else down(act(up x)); biases optional.
 
@@ -249,6 +260,8 @@ class VWNMLP(nn.Module):
         return self.down_proj(h)
 
 
+# mirrors megatron.core.transformer.moe.router.TopKRouter
+# (moe_utils.topk_routing_with_score_function)
 class VWNRouter(nn.Module):
     """Top-k router with megatron's score functions: x [T, D] -> (probs [T, k], experts [T, k])."""
 
@@ -268,7 +281,8 @@ class VWNRouter(nn.Module):
         k = c.num_experts_per_tok
         if c.router_score_function == "softmax":
             if c.router_pre_softmax:
-                probs, experts = torch.topk(torch.softmax(logits, -1, dtype=torch.float32), k, dim=1)
+                scores = torch.softmax(logits, -1, dtype=torch.float32)
+                probs, experts = torch.topk(scores, k, dim=1)
             else:
                 top, experts = torch.topk(logits, k, dim=1)
                 probs = torch.softmax(top, -1, dtype=torch.float32)
@@ -289,6 +303,7 @@ class VWNRouter(nn.Module):
         return probs.type_as(logits), experts
 
 
+# mirrors megatron.core.transformer.moe.moe_layer.MoELayer (routed experts, no shared experts)
 class VWNMoE(nn.Module):
     """Routed experts: out(x) = Σ_{e in top-k(x)} expert_e(x; p_e(x)), [b, s, D] -> [b, s, D]."""
 
@@ -311,6 +326,7 @@ class VWNMoE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- layers
+# mirrors nemo_vwn.layer.VWNTransformerLayer / VWNMoETransformerLayer (docs/method.md §3)
 class VWNDecoderLayer(nn.Module):
     """One VWN transformer layer on the wide state: [b, s, D'] -> [b, s, D']."""
 
@@ -332,6 +348,7 @@ class VWNDecoderLayer(nn.Module):
         return self.mlp_ghc.write(self.mlp(self.pre_mlp_layernorm(x)), state)
 
 
+# mirrors nemo_vwn.collapse.VWNCollapse (docs/method.md §2)
 class VWNCollapse(nn.Module):
     """h = W_reduce · GroupNorm_r(H): [b, s, D'] -> [b, s, D] (RMS group norm, r groups of D)."""
 
@@ -353,6 +370,8 @@ class VWNCollapse(nn.Module):
         return self.reduce(h)
 
 
+# mirrors nemo_vwn.mtp.VWNMultiTokenPredictionLayer; ``mix`` = its hnorm/enorm + BlockwiseMixer
+# (docs/method.md §5)
 class VWNMTPLayer(nn.Module):
     """One MTP depth: H^j = layer(BlockMix(Norm(H^{j-1}), Norm(E^j))), all [b, s, D']."""
 
@@ -362,14 +381,18 @@ class VWNMTPLayer(nn.Module):
         self.hnorm = VWNNorm(config, config.virtual_hidden_size)
         self.enorm = VWNNorm(config, config.virtual_hidden_size)
         self.block_mixer = nn.Linear(2 * self.d, self.d, bias=False)  # weight (d, 2d)
-        self.layer = VWNDecoderLayer(config, None, config.is_moe_layer(config.num_hidden_layers - 1))
+        moe = config.is_moe_layer(config.num_hidden_layers - 1)  # as the last decoder layer
+        self.layer = VWNDecoderLayer(config, None, moe)
 
-    def forward(self, hidden, embedded, mask, rotary):
+    def mix(self, hidden, embedded):
+        """BlockMix(Norm(H^{j-1}), Norm(E^j)): [b, s, D'] x 2 -> [b, s, D']."""
         b, s, _ = hidden.shape
         pairs = torch.cat([self.hnorm(hidden).view(b, s, self.n, self.d),
                            self.enorm(embedded).view(b, s, self.n, self.d)], dim=-1)  # [b,s,n,2d]
-        mixed = self.block_mixer(pairs).view(b, s, self.n * self.d)
-        return self.layer(mixed, mask, rotary)
+        return self.block_mixer(pairs).view(b, s, self.n * self.d)
+
+    def forward(self, hidden, embedded, mask, rotary):
+        return self.layer(self.mix(hidden, embedded), mask, rotary)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -434,10 +457,12 @@ class VWNModel(VWNPreTrainedModel):
 
     def __init__(self, config: VWNHFConfig):
         super().__init__(config)
-        table = config.hidden_size if config.vwn_embedding == "factorized" else config.virtual_hidden_size
+        factorized = config.vwn_embedding == "factorized"
+        table = config.hidden_size if factorized else config.virtual_hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, table)
-        self.embed_up_proj = (nn.Parameter(torch.empty(config.virtual_hidden_size, config.hidden_size))
-                              if config.vwn_embedding == "factorized" else None)  # Linear D -> D'
+        self.embed_up_proj = (  # Linear D -> D'
+            nn.Parameter(torch.empty(config.virtual_hidden_size, config.hidden_size))
+            if factorized else None)
         if config.position_embedding_type == "learned_absolute":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, table)
         self.layers = nn.ModuleList(VWNDecoderLayer(config, i, config.is_moe_layer(i))
@@ -445,7 +470,8 @@ class VWNModel(VWNPreTrainedModel):
         self.collapse = VWNCollapse(config) if config.vwn_collapse != "none" else None
         self.norm = VWNNorm(config, config.hidden_size)
         num_mtp = 1 if config.mtp_use_repeated_layer else config.mtp_num_layers
-        self.mtp_layers = nn.ModuleList(VWNMTPLayer(config) for _ in range(num_mtp if config.mtp_num_layers else 0))
+        self.mtp_layers = nn.ModuleList(
+            VWNMTPLayer(config) for _ in range(num_mtp if config.mtp_num_layers else 0))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -454,8 +480,10 @@ class VWNModel(VWNPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    # mirrors nemo_vwn.embedding.VWNEmbedding (wide or factorized; docs/method.md §2)
     def embed(self, input_ids, position_ids):
-        """ids [b, s] -> wide state [b, s, D'] (token (+ learned position) embedding, up-projection)."""
+        """ids [b, s] -> wide state [b, s, D'] (token (+ learned position) embedding, then the
+        up-projection)."""
         e = self.embed_tokens(input_ids)
         if self.config.position_embedding_type == "learned_absolute":
             e = e + self.embed_positions(position_ids)
@@ -463,6 +491,7 @@ class VWNModel(VWNPreTrainedModel):
             e = F.linear(e, self.embed_up_proj)
         return e
 
+    # mirrors nemo_vwn.collapse.VWNOutputNorm (collapse, then the final norm; docs/method.md §2)
     def head_norm(self, wide):
         """[b, s, D'] -> collapse -> final norm -> [b, s, D]."""
         return self.norm(self.collapse(wide) if self.collapse is not None else wide)
@@ -485,7 +514,8 @@ class VWNModel(VWNPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs) -> VWNModelOutput:
-        """``inputs_embeds``, if given, is the wide embedding [b, s, D'] (after any up-projection)."""
+        """``inputs_embeds``, if given, is the wide embedding [b, s, D'] (after any
+        up-projection)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("VWNModel: pass exactly one of input_ids or inputs_embeds")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -497,7 +527,8 @@ class VWNModel(VWNPreTrainedModel):
         b, s = ref.shape[:2]
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + s, device=ref.device)[None].expand(b, s)
+            position_ids = torch.arange(past_len, past_len + s, device=ref.device)
+            position_ids = position_ids[None].expand(b, s)
         h = self.embed(input_ids, position_ids) if inputs_embeds is None else inputs_embeds
         mask = self._mask(attention_mask, b, s, past_len, h.device)
         rotary = self._rotary(position_ids, h.dtype)
@@ -550,6 +581,7 @@ class VWNForCausalLM(VWNPreTrainedModel, GenerationMixin):
         return VWNCausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                  mtp_logits=mtp_logits)
 
+    # mirrors nemo_vwn.mtp.VWNMultiTokenPredictionBlock.forward (docs/method.md §5)
     def mtp_logits(self, input_ids, wide, attention_mask=None, position_ids=None,
                    past_key_values=None):
         """Logits of every MTP depth (module docs) for a full sequence: tuple of [b, s, V]."""

@@ -60,7 +60,7 @@ def bridge_runtime():
 
 def provider_for(name):
     from nemo_vwn.bridge.provider import VWNModelProvider
-    from nemo_vwn.convert.hf import runtime_overrides
+    from nemo_vwn.convert.models import runtime_overrides
 
     provider = VWNModelProvider(**dict(BASE, **VARIANTS[name]))
     for key, value in runtime_overrides(provider).items():
@@ -73,11 +73,11 @@ def build_checkpoint(name, path):
     """A randomised tiny VWN model of variant ``name`` saved as a Bridge checkpoint."""
     from megatron.bridge.training.model_load_save import save_megatron_model
 
-    from nemo_vwn.convert.hf import _build
+    from nemo_vwn.convert.models import build_models
     from nemo_vwn.testing.cpu import set_parallel_layout
 
     set_parallel_layout(seed=1234)
-    models = _build(provider_for(name))
+    models = build_models(provider_for(name))
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for tensor in [*models[0].parameters(), *models[0].buffers()]:
@@ -162,11 +162,11 @@ def test_hf_logits_match_megatron(converted):
 
 
 def test_import_of_export_reproduces_every_parameter(converted):
-    from nemo_vwn.convert.hf import _load_megatron_checkpoint, _single_process_megatron
+    from nemo_vwn.convert.models import load_vwn_checkpoint, single_process_megatron
 
-    with _single_process_megatron():
-        provider_a, (a,) = _load_megatron_checkpoint(resolve_checkpoint(converted["megatron"]))
-        provider_b, (b,) = _load_megatron_checkpoint(resolve_checkpoint(converted["reimported"]))
+    with single_process_megatron():
+        provider_a, (a,) = load_vwn_checkpoint(resolve_checkpoint(converted["megatron"]))
+        provider_b, (b,) = load_vwn_checkpoint(resolve_checkpoint(converted["reimported"]))
     state_a = {k: v for k, v in a.state_dict().items() if "_extra_state" not in k}
     state_b = {k: v for k, v in b.state_dict().items() if "_extra_state" not in k}
     assert sorted(state_a) == sorted(state_b)
