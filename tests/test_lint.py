@@ -6,6 +6,7 @@ failure here, not a skip: a check that silently does not run would pass a dirty 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,17 +16,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def find_ruff() -> str:
-    """The ruff next to this interpreter (the test venv's), else the first one on PATH."""
+def find_ruff() -> list[str]:
+    """The command running ruff: the one next to this interpreter (the test venv's), else the
+    ruff package importable by it (``python -m ruff``), else the first ruff on PATH."""
     beside = shutil.which("ruff", path=os.path.dirname(sys.executable))
-    found = beside or shutil.which("ruff")
-    if found is None:
-        raise AssertionError(
-            "ruff is not installed: neither next to "
-            f"{sys.executable} nor on PATH. Install the pinned version from "
-            "requirements/cpu-dev.txt (e.g. `.venv/bin/python -m pip install ruff==<pin>`)."
-        )
-    return found
+    if beside:
+        return [beside]
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    on_path = shutil.which("ruff")
+    if on_path:
+        return [on_path]
+    raise AssertionError(
+        f"ruff is not installed: not next to {sys.executable}, not importable by it, not on "
+        "PATH. Install the pinned version from requirements/cpu-dev.txt (scripts/setup_env.sh "
+        "does), e.g. `.venv/bin/python -m pip install -c requirements/constraints.txt ruff`."
+    )
 
 
 def test_pyproject_configures_ruff():
@@ -38,10 +44,11 @@ def test_pyproject_configures_ruff():
 def test_ruff_check_passes():
     ruff = find_ruff()
     result = subprocess.run(
-        [ruff, "check", "--no-cache", "--output-format", "concise", str(ROOT)],
+        [*ruff, "check", "--no-cache", "--output-format", "concise", str(ROOT)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, (
-        f"`ruff check` found problems (fix the automatic ones with `{ruff} check --fix .`):\n"
+        f"`ruff check` found problems (fix the automatic ones with `{' '.join(ruff)} check "
+        "--fix .`):\n"
         + result.stdout[-8000:] + result.stderr[-2000:]
     )
