@@ -1,7 +1,8 @@
 """Bias + dropout of a sub-layer's output, *without* the residual add.
 
 In a standard Megatron layer the ``*_bda`` submodule computes ``residual + dropout(out + bias)``.
-In a VWN layer the residual connection is GHC's job (H' = Bᵀ Z + A_carryᵀ H), so the layer's bda
+In a VWN layer the residual connection is GHC's job (H' = Bᵀ Z + A_carryᵀ H, docs/method.md §3
+eq. 3), so the layer's bda
 slots hold this function instead and return the branch output Z = dropout(out + bias). It has the
 same builder signature as ``megatron.core.fusions.fused_bias_dropout.get_bias_dropout_add`` and
 the same arithmetic on ``out`` and ``bias`` (and the same RNG use), so with n == m and the static

@@ -1,4 +1,4 @@
-"""Wide state out: the collapse D' -> D before the final norm (vwn-method.md section 2).
+"""Wide state out: the collapse D' -> D before the final norm (docs/method.md §2).
 
     h = W_reduce · GroupNorm(H)        H: [s, b, D'],  h: [s, b, D]
 
@@ -9,8 +9,8 @@
 [choice] The group norm is RMS-style (no mean subtraction, like RMSNorm elsewhere) with a learnable
 gain per channel (size D', init 1).
 [choice] ``vwn_collapse_init``: "identity" = W_reduce = [I_D | 0], reading slots 0..m-1 (default:
-function-preserving for upcycling, and measured better from scratch, docs/results.md); "normal" =
-Megatron's ``init_method``.
+function-preserving for upcycling, and the better start from scratch, see docs/results.md
+§1.4-1.5); "normal" = Megatron's ``init_method``.
 
 ``VWNOutputNorm`` is what a VWN decoder block holds in its final-norm slot: the collapse followed by
 the model's final norm. It keeps the final norm's parameters under the stock names
@@ -85,7 +85,7 @@ class VWNCollapse(MegatronModule):
 class VWNOutputNorm(MegatronModule):
     """The VWN decoder's final-norm slot: collapse (D' -> D), then the final RMSNorm/LayerNorm.
 
-    Built by TransformerBlock with the final norm's builder signature ``(config, hidden_size, eps)``.
+    Built by TransformerBlock with the final norm's signature ``(config, hidden_size, eps)``.
     """
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5):

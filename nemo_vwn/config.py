@@ -1,6 +1,6 @@
 """VWN configuration: the fields that select a Virtual Width Network, and their validation.
 
-Notation (vwn-method.md section 1):
+Notation (docs/method.md §1):
     D   backbone hidden size (``hidden_size``): attention and MLP/MoE run at width D
     m   ``virtual_width_m``: a backbone vector is viewed as m segments of width d = D/m
     n   ``virtual_width_n``: slots in the wide state, n >= m
@@ -46,19 +46,22 @@ class VWNConfigMixin:
     """m: segments per backbone vector (the fraction rate); must divide hidden_size."""
 
     ghc_dynamic: bool = True
-    """Dynamic GHC (DGHC, section 4): input-dependent A(H), B(H) on top of the static matrices."""
+    """Dynamic GHC (DGHC, docs/method.md §4, eq. 4-6): input-dependent A(H), B(H) on top of the
+    static matrices."""
 
     ghc_fp32_coefficients: bool = True
-    """[choice] Compute the DGHC norm, projection, tanh and the width/depth connections in fp32."""
+    """[choice] Compute the DGHC norm, projection, tanh and the width/depth connections in fp32
+    (docs/method.md §4: a small dynamic part added to a static 1 is rounded away in bf16)."""
 
     ghc_scale_weight_decay: bool = False
     """[choice] Weight decay on the DGHC scales S_A, S_B (default: none, as for norm gains). The
-    static A/B never decay; the dynamic projections W_A, W_B always do (nemo_vwn.optim)."""
+    static A/B never decay; the dynamic projections W_A, W_B always do (nemo_vwn.optim,
+    docs/method.md §4)."""
 
     ghc_recompute: bool = False
     """Selective recompute of GHC: the read (per-slot norm, dynamic coefficients, width
     connection) is recomputed in backward instead of storing its intermediates; only the layer's
-    wide input is kept (vwn-method.md section 6)."""
+    wide input is kept (docs/method.md §6)."""
 
     ghc_impl: str = "torch"
     """GHC implementation: "torch" (plain torch: the reference and fallback); "triton" (the fused
@@ -67,25 +70,28 @@ class VWNConfigMixin:
     compiled Triton is usable, torch otherwise). The kernels always compute in fp32."""
 
     vwn_embedding: str = "wide"
-    """"wide": a vocabulary table of width D' (every slot distinct); "factorized": a width-D
-    table followed by one Linear D -> D' (the paper's option for large r)."""
+    """Over-width embedding (docs/method.md §2): "wide" = a vocabulary table of width D' (every
+    slot distinct); "factorized" = a width-D table followed by one Linear D -> D' (the paper's
+    option for large r)."""
 
     vwn_embedding_up_init: str = "scaled"
-    """[choice] Init of the factorized up-projection D -> D': "scaled" = N(0, 1/D), which keeps a
-    wide element at the table's std sigma, as a wide table has (default); "normal" = Megatron's
-    init_method (std sigma, so a wide element starts at std ~ sigma^2 * sqrt(D), 4.4x too small at
-    D=128, sigma=0.02: +0.09 worse validation loss in docs/results.md's factorized runs). Ignored
-    with vwn_embedding="wide" (no up-projection), so a saved config loads whatever it holds."""
+    """[choice] Init of the factorized up-projection D -> D' (docs/method.md §2): "scaled" =
+    N(0, 1/D), which keeps a wide element at the table's std sigma, as a wide table has (default);
+    "normal" = Megatron's init_method (std sigma, so a wide element starts at std ~ sigma^2 *
+    sqrt(D), far below the table's). Chosen from the factorized-embedding runs, see
+    docs/results.md §1.3. Ignored with vwn_embedding="wide" (no up-projection), so a saved config
+    loads whatever it holds."""
 
     vwn_collapse: str = "norm_linear"
-    """Collapse before the final norm (section 2): "norm_linear" = W_reduce(GroupNorm(H)) with r
-    groups of width D; "linear" = W_reduce(H) (the paper's 1.5x runs); "none" only when n == m."""
+    """Collapse before the final norm (docs/method.md §2): "norm_linear" = W_reduce(GroupNorm(H))
+    with r groups of width D; "linear" = W_reduce(H) (the paper's 1.5x runs); "none" only when
+    n == m."""
 
     vwn_collapse_init: str = "identity"
-    """[choice] Init of W_reduce: "identity" = [I_D | 0], reading slots 0..m-1 (default; it also
-    reproduces a standard model at init, which upcycling needs); "normal" = Megatron's init_method.
-    From scratch "identity" measured 0.03-0.08 lower validation loss at every r of the study
-    (r = 1 to 8, docs/results.md 1.4-1.5). Ignored when vwn_collapse="none"."""
+    """[choice] Init of W_reduce (docs/method.md §2): "identity" = [I_D | 0], reading slots
+    0..m-1 (default; it also reproduces a standard model at init, which upcycling needs);
+    "normal" = Megatron's init_method. The default was chosen from the collapse-init study, see
+    docs/results.md §1.4-1.5. Ignored when vwn_collapse="none"."""
 
     # ------------------------------------------------------------------ derived sizes
     @property

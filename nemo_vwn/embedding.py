@@ -1,10 +1,11 @@
-"""Wide state in: the over-width embedding (vwn-method.md section 2, Alg. 1).
+"""Wide state in: the over-width embedding (docs/method.md §2; paper Sec 3.2, Alg. 1).
 
 ``vwn_embedding``:
     "wide"        a vocabulary table of width D' = n*d: every slot has its own values (not n copies
                   of one embedding as in Hyper-Connections). Vocab-parallel like Megatron's table.
     "factorized"  a width-D table followed by one Linear D -> D' (the paper's option for large r,
-                  where a D'-wide table gets expensive). The D-wide table can be tied to the LM head.
+                  where a D'-wide table gets expensive). The D-wide table can be tied to the LM
+                  head.
 
 Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's embedding).
 
@@ -12,7 +13,8 @@ Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's
 (position embedding, transpose, sequence-parallel scatter, dropout) is reused unchanged.
 [choice] The factorized up-projection is replicated over TP. ``vwn_embedding_up_init`` picks its
 init: "scaled" = N(0, 1/D) (default: a wide element keeps the table's std sigma, like a wide
-table's) or "normal" = ``init_method`` (std sigma: a wide element starts at std ~ sigma^2 * sqrt(D)).
+table's) or "normal" = ``init_method`` (std sigma: a wide element starts at std
+~ sigma^2 * sqrt(D)).
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from megatron.core.models.common.embeddings.language_model_embedding import Lang
 
 
 def _config_with_width(config, width: int):
-    """A shallow copy of ``config`` whose hidden_size is the embedding table width (no re-validation)."""
+    """A shallow copy of ``config`` with hidden_size = the table width (not re-validated)."""
     table_config = copy.copy(config)
     table_config.hidden_size = width
     return table_config
 
 
 class VWNEmbedding(LanguageModelEmbedding):
-    """Token (+ learned position) embedding of width D'. Same constructor as LanguageModelEmbedding."""
+    """Token (+ learned position) embedding of width D' (same constructor as
+    LanguageModelEmbedding)."""
 
     def __init__(self, config, vocab_size: int, max_sequence_length: int, *args, **kwargs):
         self.factorized = config.vwn_embedding == "factorized"

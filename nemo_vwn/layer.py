@@ -1,5 +1,7 @@
 """VWN layers: megatron's transformer (and hybrid) layers with a GHC around each sub-layer.
 
+docs/method.md §3 (eq. 1-3); the whole step is drawn in docs/architecture.md §1.
+
 Data flow of a GPT layer (the hidden state between layers is the wide state [s, b, n*d]):
 
     h  --GHC_attn.read-->  x [s,b,D] --(input norm, attention, bias+dropout)-->  z [s,b,D]
@@ -73,7 +75,7 @@ class VWNLayerMixin:
                                      layer_number=self.layer_number) if has_mlp else None)
 
     def forward(self, *args, **kwargs):
-        """hidden_states [s, b, n*d] -> ([s, b, n*d], context). Same arguments as TransformerLayer."""
+        """hidden_states [s, b, n*d] -> ([s, b, n*d], context); TransformerLayer's arguments."""
         if "hidden_states" in kwargs:
             hidden_states = kwargs.pop("hidden_states")
         else:
@@ -99,7 +101,7 @@ class VWNLayerMixin:
 
 
 class VWNTransformerLayer(VWNLayerMixin, TransformerLayer):
-    """A Megatron ``TransformerLayer`` (dense MLP or MoE) whose residual stream is the wide state."""
+    """A Megatron ``TransformerLayer`` (dense MLP or MoE) on the wide state."""
 
 
 class VWNMoETransformerLayer(VWNLayerMixin, MoETransformerLayer):

@@ -1,4 +1,4 @@
-"""VWNGPTModel: megatron's GPTModel with a wide residual state.
+"""VWNGPTModel: megatron's GPTModel with a wide residual state (docs/method.md §2-5).
 
     tokens -> VWNEmbedding [s, b, D'] -> VWN layers (GHC around attention and MLP/MoE) [s, b, D']
            -> VWNOutputNorm (collapse D' -> D, final norm) [s, b, D] -> LM head (width D) -> loss
@@ -7,10 +7,11 @@ Only the embedding differs structurally from GPTModel: the decoder is built from
 collapse sits in the block's final-norm slot), the LM head stays at width D, and forward/loss
 plumbing is GPTModel's own. The constructor takes exactly GPTModel's arguments.
 
-Multi-token prediction (``config.mtp_num_layers`` = k): the MTP depths branch off the *wide* state
-before the collapse (``nemo_vwn.mtp``). The decoder hands that state over through upstream's
-``extract_layer_indices`` (the output of the last layer), each depth's wide output goes through
-the decoder's own collapse + final norm, and megatron's ``process_mtp_loss`` computes, logs and
+Multi-token prediction (``config.mtp_num_layers`` = k, docs/method.md §5): the MTP depths branch
+off the *wide* state before the collapse (``nemo_vwn.mtp``). The decoder hands that state over
+through upstream's ``extract_layer_indices`` (the output of the last layer), each depth's wide
+output goes through the decoder's own collapse + final norm, and megatron's ``process_mtp_loss``
+computes, logs and
 back-propagates the per-depth losses exactly as for a stock GPT. An upstream ``mtp_block_spec`` is
 accepted for API compatibility (Megatron-Bridge passes one) but VWN builds its own MTP block from
 the decoder's VWN layer spec.

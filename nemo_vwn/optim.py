@@ -1,6 +1,6 @@
 """Optimizer parameter groups for VWN models (megatron-core ``config_overrides``).
 
-Weight decay (vwn-method.md section 4):
+Weight decay (docs/method.md §4):
     none   static A/B (``static_alpha``, ``static_beta``), norm gains (GHC's shared gain, the
            collapse group norm, all RMSNorm/LayerNorm weights), biases, and the DGHC scales S_A/S_B
            unless ``ghc_scale_weight_decay`` ([choice]) is set
