@@ -85,9 +85,18 @@ def prepare_runtime(bridge: bool = True) -> str:
 
             bridge_cpu.apply()
     if bridge:
-        # Lets Bridge re-instantiate VWN providers from checkpoint run configs (allowlist).
-        import nemo_vwn.bridge.provider  # noqa: F401
+        allow_vwn_checkpoint_targets()
     return device
+
+
+def allow_vwn_checkpoint_targets() -> None:
+    """Let Bridge re-instantiate ``nemo_vwn.*`` classes (VWN and baseline-twin providers, the
+    optimizer override) from a checkpoint's run config (it instantiates allowed prefixes only)."""
+    try:
+        from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
+    except ImportError:  # pragma: no cover - older Bridge without an allowlist
+        return
+    register_allowed_target_prefix("nemo_vwn.")
 
 
 def ensure_process_env() -> None:
