@@ -124,7 +124,7 @@ def fit_log_linear(points):
 def summarize(root, runs):
     from nemo_vwn import results
     from nemo_vwn.bridge.params import count_parameters
-    from nemo_vwn.bridge.training import build_recipe
+    from nemo_vwn.recipes import build_recipe
 
     rows, curves = [], {}
     for name, recipe, overrides, r, mtp in runs:
@@ -282,9 +282,9 @@ def main():
         args.only = [item for item in args.only if "=" not in item]
     PRESET = PRESETS[args.preset]
     root = os.path.abspath(args.output)
-    from nemo_vwn.cli import _ensure_dataset
+    from nemo_vwn.data.cli import ensure_dataset
 
-    data = _ensure_dataset(args.data or os.path.join(root, "data"))
+    data = ensure_dataset(args.data or os.path.join(root, "data"))
     mtp_runs = (False,) if args.no_mtp else (False, True)
     runs = [v for v in variants(PRESET, args.embedding, args.embedding_up_init, args.factors,
                                 mtp_runs, args.vwn_set)

@@ -10,115 +10,291 @@
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
 Overrides use Megatron-Bridge's Hydra syntax, e.g. ``train.train_iters=50 model.virtual_width_n=6``.
+
+Import discipline: building the parser and the commands ``recipes``, ``patches``, ``data`` and
+``--help`` import neither torch nor megatron (recipe names and sizes come from
+``nemo_vwn.recipes.catalog``); the training commands import them once the arguments are checked.
+Console discipline: ``pretrain``/``compare`` print progress, checkpoint saves, validation losses
+and results; megatron's own output goes to ``<output>/logs/`` (``--verbose``: all of it here).
+Errors a user can fix print one line ``nemo-vwn: error: ...`` and exit 2 (``--debug`` or
+``NEMO_VWN_DEBUG=1``: the traceback too). Adding a verb: write ``add_<verb>(sub)`` that creates
+its subparser with ``_verb()`` and sets its handler, and list it in ``VERBS``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from typing import Optional, Sequence
 
 
-def _cmd_recipes(args) -> int:
-    from nemo_vwn.runtime import prepare_runtime
+# --------------------------------------------------------------------------- errors
+class CLIError(Exception):
+    """An error the user can fix; main() prints its message as one line."""
 
-    prepare_runtime()
+
+ERROR_DIR_ENV = "NEMO_VWN_ERROR_DIR"  # where a child command reports its error (see run_training)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors printed as one line: bad configs, overrides, recipe names, data, checkpoints,
+    conversions and layouts (VWNConfigError, OverrideError, DataError, CheckpointError are
+    ValueErrors; UnknownRecipeError a KeyError), and assertions with a message (Bridge's config
+    validation). Anything else is a bug: its traceback is shown."""
+    import re
+
+    from nemo_vwn.recipes.catalog import UnknownRecipeError
+
+    if isinstance(exc, (CLIError, UnknownRecipeError, ValueError, FileNotFoundError)):
+        return True
+    if isinstance(exc, AssertionError):
+        return bool(str(exc))
+    return isinstance(exc, RuntimeError) and bool(
+        re.search(r"world_size \(\d+\) is not divisible|is not divisible by", str(exc)))
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of ``exc`` (its first non-empty line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def run_command(handler, args, overrides, debug: bool = False) -> int:
+    """Run a verb's handler; a user error -> one line on stderr and exit status 2. In a child of
+    ``run_training`` (``NEMO_VWN_ERROR_DIR`` set) every error is written there for the parent,
+    which prints the first rank's message once."""
+    import traceback
+
+    from nemo_vwn.bridge import console
+
+    try:
+        return handler(args, overrides)
+    except Exception as exc:
+        user = is_user_error(exc)
+        trace = traceback.format_exc()
+        if console.is_routed():
+            print(trace, file=sys.stderr, flush=True)  # into the log
+        message = error_line(exc)
+        if not user and message != type(exc).__name__:
+            message = f"{type(exc).__name__}: {message}"
+        if not user and console.log_path():
+            message += f" (traceback in {console.log_path()})"
+        if os.environ.get(ERROR_DIR_ENV):
+            _report_to_parent(message)
+            if debug:
+                console.echo(trace, err=True)
+            return 2 if user else 1
+        if debug or not user:
+            console.echo(trace, err=True)
+        console.echo(f"nemo-vwn: error: {message}", err=True)
+        return 2 if user else 1
+
+
+def _report_to_parent(message: str) -> None:
+    import json
+    import time
+
+    rank = int(os.environ.get("RANK", 0))
+    path = os.path.join(os.environ[ERROR_DIR_ENV], f"rank{rank}.json")
+    with open(path, "w") as handle:
+        json.dump({"time": time.time(), "rank": rank, "message": message}, handle)
+
+
+def run_training(recipe: str, output: str, data: Optional[str], nproc: int,
+                 overrides: Sequence[str], verbose: bool = False, debug: bool = False) -> None:
+    """``nemo-vwn pretrain`` of ``recipe`` in child processes (torchrun when ``nproc`` > 1).
+
+    The children report errors into a temporary directory; the first one to fail (in time) is
+    raised here as one CLIError, instead of one message (and torchrun's ChildFailedError wall)
+    per rank. torchrun's own output goes to ``<output>/logs/torchrun.log`` unless ``verbose``.
+    """
+    import glob
+    import json
+    import subprocess
+    import tempfile
+
+    command = [sys.executable, "-m", "nemo_vwn.cli", "pretrain", "--recipe", recipe,
+               "--output", output]
+    if nproc > 1:
+        command[1:4] = ["-m", "torch.distributed.run", "--standalone",
+                        f"--nproc-per-node={nproc}", "-m", "nemo_vwn.cli", "pretrain"]
+    command += (["--data", data] if data else []) + (["--verbose"] if verbose else []) \
+        + (["--debug"] if debug else []) + list(overrides)
+    os.makedirs(os.path.join(output, "logs"), exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nemo-vwn-errors-") as errors:
+        env = dict(os.environ, **{ERROR_DIR_ENV: errors})
+        stderr = None
+        if nproc > 1 and not (verbose or debug):
+            stderr = open(os.path.join(output, "logs", "torchrun.log"), "a")
+        try:
+            status = subprocess.call(command, env=env, stderr=stderr)
+        finally:
+            if stderr is not None:
+                stderr.close()
+        if status == 0:
+            return
+        reports = []
+        for path in glob.glob(os.path.join(errors, "rank*.json")):
+            with open(path) as handle:
+                reports.append(json.load(handle))
+    if not reports:
+        raise CLIError(f"training {recipe} failed (exit status {status}); logs: "
+                       f"{os.path.join(output, 'logs')}")
+    first = min(reports, key=lambda report: report["time"])
+    where = f"rank {first['rank']}: " if nproc > 1 else ""
+    raise CLIError(f"{where}{first['message']}")
+
+
+# --------------------------------------------------------------------------- recipes / patches
+def _cmd_recipes(args, overrides) -> int:
     from nemo_vwn.bridge.params import format_count
-    from nemo_vwn.recipes import all_recipes, recipe_size
+    from nemo_vwn.recipes.catalog import all_entries
 
     rows = [("recipe", "VWN", "twin", "params total/activated", "description")]
-    for name, info in sorted(all_recipes().items()):
-        size = recipe_size(name)  # from the provider fields: nothing is allocated
-        rows.append((name, "yes" if info.vwn else "no", info.twin or "-",
-                     f"{format_count(size.total)}/{format_count(size.activated)}",
-                     info.description))
+    for name, entry in sorted(all_entries().items()):
+        rows.append((name, "yes" if entry.vwn else "no", entry.twin,
+                     f"{format_count(entry.total)}/{format_count(entry.activated)}",
+                     entry.description))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)))
     return 0
 
 
-def _cmd_patches(args) -> int:
-    from nemo_vwn.patches import describe
+def patch_table() -> list[tuple[str, str, str]]:
+    """(name, reason, versions) of every patch, read from the patch modules' source: listing the
+    patches imports none of them (several import torch or megatron)."""
+    import ast
+    import importlib.util
 
-    for name, reason, versions in describe():
+    def literals(module: str) -> dict:
+        with open(importlib.util.find_spec(module).origin) as handle:
+            tree = ast.parse(handle.read())
+        values = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                try:
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+        return values
+
+    rows = []
+    for name in literals("nemo_vwn.patches")["PATCHES"]:
+        values = literals(f"nemo_vwn.patches.{name}")
+        versions = values.get("APPLIES_TO", "?")
+        if isinstance(versions, dict):
+            versions = ", ".join(f"{package}{spec}" for package, spec in versions.items())
+        rows.append((name, values.get("REASON", "?"), versions))
+    return rows
+
+
+def _cmd_patches(args, overrides) -> int:
+    for name, reason, versions in patch_table():
         print(f"{name}  [{versions}]\n    {reason}")
     return 0
 
 
-def _pretrain_command(recipe: str, output: Optional[str], data: Optional[str],
-                      nproc: int, overrides: Sequence[str]) -> list:
-    command = [sys.executable, "-m", "nemo_vwn.cli", "pretrain", "--recipe", recipe]
-    if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={nproc}", "-m", "nemo_vwn.cli", "pretrain",
-                   "--recipe", recipe]
-    if output:
-        command += ["--output", output]
-    if data:
-        command += ["--data", data]
-    return command + list(overrides)
-
-
-def _cmd_pretrain(args, overrides) -> int:
-    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        return subprocess.call(_pretrain_command(args.recipe, args.output, args.data,
-                                                 args.nproc_per_node, overrides))
-    from nemo_vwn.runtime import ensure_process_env, prepare_runtime
-
-    ensure_process_env()
-    prepare_runtime()
-    from nemo_vwn.bridge.training import build_recipe, run_pretrain
-    from nemo_vwn.recipes.common import default_output_dir
-
-    output = args.output or default_output_dir(args.recipe)
-    cfg = build_recipe(args.recipe, output, overrides, data_dir=args.data)
-    run_pretrain(cfg, output_dir=output, label=args.recipe)
-    return 0
-
-
-def _cmd_data(args) -> int:
+# --------------------------------------------------------------------------- data / convert
+def _cmd_data(args, overrides) -> int:
     from nemo_vwn.data import cli as data_cli
 
     return data_cli.run(args)
 
 
+def _cmd_convert(args, overrides) -> int:
+    import tempfile
+
+    from nemo_vwn.bridge import console
+    from nemo_vwn.convert import cli as convert_cli
+
+    if not args.verbose:  # the report goes to stdout; upstream warnings (stderr) to a log
+        handle, path = tempfile.mkstemp(prefix="nemo-vwn-convert-", suffix=".log")
+        os.close(handle)
+        console.route_output(path, stdout=False)
+    status = convert_cli.run(args)
+    if not args.verbose:
+        line = console.summary() if os.path.getsize(path) else None
+        console.restore_output()
+        if line:
+            print(line, file=sys.stderr)
+        else:
+            os.remove(path)
+    return status
+
+
+# --------------------------------------------------------------------------- pretrain / compare
+def _output_dir(recipe: str, output: Optional[str]) -> str:
+    from nemo_vwn.recipes import default_output_dir
+
+    return os.path.abspath(output or default_output_dir(recipe))
+
+
+def _cmd_pretrain(args, overrides) -> int:
+    from nemo_vwn.recipes.catalog import check_recipe_name
+
+    check_recipe_name(args.recipe)  # before any heavy import
+    output = _output_dir(args.recipe, args.output)
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        run_training(args.recipe, output, args.data, args.nproc_per_node, overrides,
+                                verbose=args.verbose, debug=args.debug)
+        return 0
+    from nemo_vwn.bridge import console
+
+    rank = int(os.environ.get("RANK", 0))
+    if not args.verbose:
+        console.route_output(os.path.join(output, "logs", f"pretrain.rank{rank}.log"),
+                             label=args.recipe)
+    if rank == 0:
+        console.echo(f"[nemo-vwn] pretrain {args.recipe} -> {output}")
+    from nemo_vwn.runtime import ensure_process_env, prepare_runtime
+
+    ensure_process_env()
+    prepare_runtime()
+    from nemo_vwn.bridge.training import run_pretrain
+    from nemo_vwn.recipes import build_recipe
+
+    cfg = build_recipe(args.recipe, output, overrides, data_dir=args.data)
+    run_pretrain(cfg, output_dir=output, label=args.recipe)
+    if rank == 0 and console.is_routed():
+        console.echo(console.summary())
+    return 0
+
+
 def _cmd_compare(args, overrides) -> int:
     """Train a VWN recipe and its baseline twin on the same data; write table + plot."""
+    import json
     import time
 
-    from nemo_vwn.runtime import prepare_runtime
+    from nemo_vwn.recipes.catalog import check_recipe_name
 
-    prepare_runtime()
-    from nemo_vwn.recipes import all_recipes, get_recipe
-
-    get_recipe(args.recipe)  # a clear error for an unknown name
-    info = all_recipes()[args.recipe]
-    if not info.vwn or not info.twin:
-        raise ValueError(f"compare needs a VWN recipe with a baseline twin; {args.recipe!r} "
-                         f"is {'a baseline' if not info.vwn else 'without twin'}")
+    entry = check_recipe_name(args.recipe)
+    if not entry.vwn:
+        raise CLIError(f"compare needs a VWN recipe with a baseline twin; "
+                                  f"{args.recipe!r} is a baseline (its VWN twin: {entry.twin})")
     output = os.path.abspath(args.output or os.path.join("runs", f"compare_{args.recipe}"))
-    data = None if args.mock else _ensure_dataset(args.data or os.path.join(output, "data"))
+    if args.mock:
+        data = None
+    else:
+        from nemo_vwn.data.cli import ensure_dataset
+
+        data = ensure_dataset(args.data or os.path.join(output, "data"))
     started = time.monotonic()
-    for recipe in (args.recipe, info.twin):
+    for recipe in (args.recipe, entry.twin):
         print(f"[nemo-vwn] training {recipe} ...", flush=True)
-        status = subprocess.call(_pretrain_command(recipe, os.path.join(output, recipe), data,
-                                                   args.nproc_per_node, overrides))
-        if status != 0:
-            print(f"nemo-vwn: error: training {recipe} failed (exit {status})", file=sys.stderr)
-            return status
+        run_training(recipe, os.path.join(output, recipe), data, args.nproc_per_node,
+                                overrides, verbose=args.verbose, debug=args.debug)
     from nemo_vwn import results
 
     vwn = results.load_run(os.path.join(output, args.recipe), name=args.recipe)
-    base = results.load_run(os.path.join(output, info.twin), name=info.twin)
+    base = results.load_run(os.path.join(output, entry.twin), name=entry.twin)
     window = max(1, min(10, len(base.train_loss) // 10))
     summary = results.compare(vwn, base, window=window)
-    table = results.markdown_table(summary, args.recipe, info.twin)
+    table = results.markdown_table(summary, args.recipe, entry.twin)
     png = results.plot([base, vwn], os.path.join(output, "loss_vs_tokens.png"), window=window,
-                       title=f"{args.recipe} vs {info.twin}")
+                       title=f"{args.recipe} vs {entry.twin}")
     summary["wall_seconds"] = time.monotonic() - started
     with open(os.path.join(output, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
@@ -129,83 +305,130 @@ def _cmd_compare(args, overrides) -> int:
     return 0
 
 
-def _ensure_dataset(data_dir: str) -> str:
-    """Reuse a dataset built earlier at ``data_dir``, else build the default (stdlib) corpus."""
-    from nemo_vwn.data.build import build_dataset, load_manifest
+# --------------------------------------------------------------------------- launch
+def _cmd_launch(args, overrides) -> int:
+    import warnings
 
-    try:
-        load_manifest(data_dir)
-        return data_dir
-    except (FileNotFoundError, ValueError):
-        pass
-    print(f"[nemo-vwn] building the default dataset (Python standard library) in {data_dir}",
-          flush=True)
-    build_dataset(data_dir, overwrite=os.path.exists(data_dir))
-    return data_dir
+    from nemo_vwn.bridge import launch
+    from nemo_vwn.recipes.catalog import check_recipe_name, default_nodes
+
+    check_recipe_name(args.recipe)  # from the catalog: nothing built, no megatron here
+    nodes = default_nodes(args.recipe, args.nproc_per_node or launch.GPUS_PER_NODE)
+    with warnings.catch_warnings(record=True) as caught:
+        if not args.verbose:
+            warnings.simplefilter("always")
+        try:
+            launch.require_nemo_run()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from exc
+    if caught:
+        print(f"[nemo-vwn] {len(caught)} upstream warnings while importing NeMo-Run hidden "
+              f"({', '.join(sorted({w.category.__name__ for w in caught}))}; --verbose shows "
+              "them)", file=sys.stderr)
+    return launch.run_cli(args, overrides, nodes=nodes)
+
+
+# --------------------------------------------------------------------------- the parser
+def _global_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="print upstream output (megatron's logs, warnings) on the console")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of an error (also NEMO_VWN_DEBUG=1)")
+
+
+def _verb(sub, name: str, help: str, handler, overrides: bool = False):
+    """A subparser for verb ``name``; ``overrides``: it takes trailing key=value overrides."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)  # also after the verb; never resets the global
+    parser = sub.add_parser(name, help=help, parents=[common])
+    parser.set_defaults(handler=handler, takes_overrides=overrides)
+    return parser
+
+
+def add_recipes(sub) -> None:
+    _verb(sub, "recipes", "list the recipes", _cmd_recipes)
+
+
+def add_patches(sub) -> None:
+    _verb(sub, "patches", "list the upstream workarounds", _cmd_patches)
+
+
+def add_data(sub) -> None:
+    from nemo_vwn.data import cli as data_cli
+
+    data_cli.add_arguments(_verb(sub, "data", "build a tokenizer + indexed dataset", _cmd_data))
+
+
+def add_convert(sub) -> None:
+    from nemo_vwn.convert import cli as convert_cli
+
+    convert_cli.add_arguments(_verb(
+        sub, "convert", "upcycle, reshard, Hugging Face export/import of checkpoints",
+        _cmd_convert))
+
+
+def _training_arguments(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (`nemo-vwn recipes`)")
+    parser.add_argument("--output", default=None, help="output directory (default runs/...)")
+    parser.add_argument("--data", default=None,
+                        help="dataset directory from `nemo-vwn data` (default: the recipe's "
+                             "mock data for pretrain; the stdlib corpus for compare)")
+    parser.add_argument("--nproc-per-node", type=int, default=1,
+                        help="processes to launch with torchrun (default 1)")
+
+
+def add_pretrain(sub) -> None:
+    _training_arguments(_verb(sub, "pretrain", "train a recipe with Megatron-Bridge pretrain()",
+                              _cmd_pretrain, overrides=True))
+
+
+def add_compare(sub) -> None:
+    compare = _verb(sub, "compare", "a VWN recipe vs its baseline twin: table + plot",
+                    _cmd_compare, overrides=True)
+    _training_arguments(compare)
+    compare.add_argument("--mock", action="store_true", help="use mock data instead of a corpus")
+
+
+def add_launch(sub) -> None:
+    from nemo_vwn.bridge import launch  # NeMo-Run is imported only when launching
+
+    launch.add_arguments(_verb(sub, "launch", "run a recipe through NeMo-Run (local torchrun or "
+                                              "Slurm)", _cmd_launch, overrides=True))
+
+
+VERBS = (add_recipes, add_data, add_pretrain, add_compare, add_convert, add_launch, add_patches)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemo-vwn", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("recipes", help="list the recipes")
-    sub.add_parser("patches", help="list the upstream workarounds")
-    from nemo_vwn.data import cli as data_cli
-
-    data_cli.add_arguments(sub.add_parser("data", help="build a tokenizer + indexed dataset"))
-    from nemo_vwn.convert import cli as convert_cli
-
-    convert_cli.add_arguments(sub.add_parser(
-        "convert", help="upcycle, reshard, Hugging Face export/import of checkpoints"))
-    pretrain = sub.add_parser("pretrain", help="train a recipe with Megatron-Bridge pretrain()")
-    compare = sub.add_parser("compare", help="a VWN recipe vs its baseline twin: table + plot")
-    for command in (pretrain, compare):
-        command.add_argument("--recipe", required=True, help="recipe name (`nemo-vwn recipes`)")
-        command.add_argument("--output", default=None, help="output directory (default runs/...)")
-        command.add_argument("--data", default=None,
-                             help="dataset directory from `nemo-vwn data` (default: the recipe's "
-                                  "mock data for pretrain; the stdlib corpus for compare)")
-        command.add_argument("--nproc-per-node", type=int, default=1,
-                             help="processes to launch with torchrun (default 1)")
-    compare.add_argument("--mock", action="store_true", help="use mock data instead of a corpus")
-    from nemo_vwn.bridge import launch as launch_cli  # imports NeMo-Run only when launching
-
-    launch_cli.add_arguments(sub.add_parser("launch", help="run a recipe through NeMo-Run "
-                                                           "(local torchrun or Slurm)"))
+    _global_options(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in VERBS:
+        add(sub)
     return parser
 
 
+def _spawn_safe_main() -> None:
+    """Megatron's checkpoint writer starts a ``spawn`` process (a multiprocessing Manager); a spawn
+    child re-runs ``__main__``, and the ``nemo-vwn`` console script calls ``main()`` unguarded, so
+    the child re-ran the whole command (a second training on the same port) and the save died
+    with EOFError. With this module as ``__main__``'s spec, children import it (guarded)."""
+    import importlib.util
+
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and getattr(main_module, "__spec__", None) is None:
+        main_module.__spec__ = importlib.util.find_spec("nemo_vwn.cli")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _spawn_safe_main()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown_flags = [item for item in extra if item.startswith("-")]
-    if unknown_flags or (extra and args.command not in ("pretrain", "compare", "launch")):
+    if unknown_flags or (extra and not args.takes_overrides):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "recipes":
-        return _cmd_recipes(args)
-    if args.command == "patches":
-        return _cmd_patches(args)
-    if args.command == "data":
-        return _cmd_data(args)
-    if args.command == "convert":
-        from nemo_vwn.convert import cli as convert_cli
-
-        return convert_cli.run(args)
-    try:
-        if args.command == "launch":
-            from nemo_vwn.bridge import launch as launch_cli
-
-            return launch_cli.run_cli(args, extra)
-        if args.command == "compare":
-            return _cmd_compare(args, extra)
-        return _cmd_pretrain(args, extra)
-    except (KeyError, ValueError) as exc:
-        from nemo_vwn.bridge.training import OverrideError
-        from nemo_vwn.recipes import UnknownRecipeError
-
-        if isinstance(exc, (OverrideError, UnknownRecipeError)):
-            print(f"nemo-vwn: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    args.debug = args.debug or os.environ.get("NEMO_VWN_DEBUG", "") not in ("", "0")
+    return run_command(args.handler, args, extra, debug=args.debug)
 
 
 if __name__ == "__main__":

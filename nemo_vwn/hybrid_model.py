@@ -69,7 +69,7 @@ class VWNHybridModel(VWNLanguageModelMixin, HybridModel):
             raise VWNConfigError("hybrid_layer_pattern with MTP ('/'): VWN multi-token prediction "
                                  "is implemented for VWNGPTModel, not yet for hybrid stacks")
         if config.pipeline_model_parallel_size > 1:
-            runtime.require_pipeline_shapes(type(self).__name__)
+            runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
         self._defer_embedding_setup(True)
         super().__init__(**arguments)
         self._defer_embedding_setup(False)

@@ -89,7 +89,7 @@ class VWNGPTModel(VWNLanguageModelMixin, GPTModel):
         # Checks that need the model arguments, before anything is allocated.
         check_tied_embeddings(config, arguments["share_embeddings_and_output_weights"])
         if config.pipeline_model_parallel_size > 1:
-            runtime.require_pipeline_shapes(type(self).__name__)
+            runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
         block_spec = as_vwn_block_spec(transformer_layer_spec, config, vp_stage=arguments["vp_stage"])
         _check_context_parallel_attention(block_spec, config)
         arguments["transformer_layer_spec"] = block_spec

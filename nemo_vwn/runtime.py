@@ -77,32 +77,29 @@ def prepare_runtime(bridge: bool = True) -> str:
         bridge_imports.apply()  # a plain import where TE/NVRx are installed
         if device == "cpu":
             bridge_cpu.apply()  # needs cpu_runtime and the imported Bridge modules
-        # Lets Bridge re-instantiate VWN providers from checkpoint run configs (allowlist).
-        import nemo_vwn.bridge.provider  # noqa: F401
+        allow_vwn_checkpoint_targets()
     return device
 
 
 def apply_pipeline_shapes() -> None:
     """Pipeline stage boundaries sized for the wide state [s, b, D'] (``patches.pipeline_shapes``).
 
-    Idempotent; needed by any VWN model with pipeline_model_parallel_size > 1 on any machine.
+    Idempotent; needed by any VWN model with pipeline_model_parallel_size > 1 on any machine, so
+    VWNGPTModel / VWNHybridModel call it themselves when built with PP > 1.
     """
     from nemo_vwn.patches import pipeline_shapes
 
     pipeline_shapes.apply()
 
 
-def require_pipeline_shapes(model_name: str) -> None:
-    """Raise VWNConfigError unless the pipeline-shape patch is applied (a PP > 1 VWN model)."""
-    from nemo_vwn.config import VWNConfigError
-    from nemo_vwn.patches import pipeline_shapes
-
-    if not pipeline_shapes.is_applied():
-        raise VWNConfigError(
-            f"{model_name} with pipeline_model_parallel_size > 1: stage boundaries carry the wide "
-            "state [s, b, D']; call nemo_vwn.runtime.apply_pipeline_shapes() (or "
-            "nemo_vwn.runtime.prepare_runtime()) before building it (VWNModelProvider does it)"
-        )
+def allow_vwn_checkpoint_targets() -> None:
+    """Let Bridge re-instantiate ``nemo_vwn.*`` classes (VWN and baseline-twin providers, the
+    optimizer override) from a checkpoint's run config (it instantiates allowed prefixes only)."""
+    try:
+        from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
+    except ImportError:  # pragma: no cover - older Bridge without an allowlist
+        return
+    register_allowed_target_prefix("nemo_vwn.")
 
 
 def ensure_process_env() -> None:

@@ -7,10 +7,8 @@ differ only in the model provider (VWNModelProvider vs GPTModelProvider with the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Optional
 
-from megatron.bridge.models.gpt_provider import GPTModelProvider
 from megatron.bridge.training.config import (
     CheckpointConfig,
     ConfigContainer,
@@ -26,22 +24,9 @@ from megatron.bridge.training.config import (
 from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig
 
+from nemo_vwn.bridge.baseline import LocalGPTModelProvider  # noqa: F401  (re-exported)
 from nemo_vwn.layer_specs import HAVE_TE
-
-
-
-@dataclass
-class LocalGPTModelProvider(GPTModelProvider):
-    """GPTModelProvider for baseline twins: with ``transformer_impl="local"`` its upstream MTP
-    block is built from local modules too (Bridge's default MTP spec needs TE)."""
-
-    def provide(self, pre_process=None, post_process=None, vp_stage=None):
-        if getattr(self, "transformer_impl", None) == "local" and self.mtp_num_layers:
-            from nemo_vwn.patches.bridge_provider import local_mtp_block_spec
-
-            with local_mtp_block_spec():
-                return super().provide(pre_process, post_process, vp_stage)
-        return super().provide(pre_process, post_process, vp_stage)
+from nemo_vwn.recipes import default_output_dir
 
 
 def stock_layer_spec(config, vp_stage: Optional[int] = None):
@@ -51,10 +36,6 @@ def stock_layer_spec(config, vp_stage: Optional[int] = None):
     use_te = bool(HAVE_TE) and getattr(config, "transformer_impl", "local") == "transformer_engine"
     return get_gpt_decoder_block_spec(config, use_transformer_engine=use_te,
                                       normalization=config.normalization, vp_stage=vp_stage)
-
-
-def default_output_dir(name: str) -> str:
-    return os.path.join(os.environ.get("NEMO_VWN_OUTPUT", os.path.join(os.getcwd(), "runs")), name)
 
 
 def cpu_pretrain_container(

@@ -108,7 +108,7 @@ def vwn_provider_class(base: type) -> type:
 def _is_local_twin_provider(base: type) -> bool:
     """The CPU baseline twins' provider differs from GPTModelProvider only in how it builds the
     upstream MTP block, which a VWN model replaces: its VWN variant is VWNModelProvider."""
-    from nemo_vwn.recipes.common import LocalGPTModelProvider
+    from nemo_vwn.bridge.baseline import LocalGPTModelProvider
 
     return base is LocalGPTModelProvider
 

@@ -11,10 +11,12 @@ for Megatron-Bridge's ``pretrain()``. On Slurm NeMo-Run starts one torchrun agen
 (``ntasks_per_node=1``) with ``--nproc-per-node`` = GPUs per node.
 
     from nemo_vwn.bridge import launch
+    from nemo_vwn.recipes import check_recipe_name, default_nodes
     launch.launch("tiny_vwn_moe_cpu", launch.local_executor(nproc_per_node=2),
                   overrides=["train.train_iters=20"])
+    check_recipe_name("paper_moe_a3p3b_vwn_r8")       # fails early on a typo (nothing built)
     ex = launch.slurm_executor(account="my_acct", partition="batch",
-                               nodes=launch.default_nodes("paper_moe_a3p3b_vwn_r8"),
+                               nodes=default_nodes("paper_moe_a3p3b_vwn_r8"),
                                container_image="nvcr.io/nvidia/nemo:<tag>",
                                job_dir="/lustre/me/nemo_run")
     print(launch.dryrun_sbatch("paper_moe_a3p3b_vwn_r8", ex, overrides=["train.train_iters=100"]))
@@ -23,6 +25,11 @@ for Megatron-Bridge's ``pretrain()``. On Slurm NeMo-Run starts one torchrun agen
 On the cluster the container must have nemo-vwn installed (``pip install --no-deps -e .`` in
 the image, or mount the repository and add it to PYTHONPATH via ``env_vars``): the default
 packager ships no code. Pass ``packager=run.GitArchivePackager(...)`` to ship a git checkout.
+
+Nothing here builds a recipe or imports megatron: the process that submits needs neither CUDA
+nor Transformer Engine (a login node, a laptop). The recipe is built by the task, on the nodes.
+The recipe name is not checked here (this package sits below ``nemo_vwn.recipes``);
+``nemo_vwn.recipes.check_recipe_name`` does it from the recipe catalog, as the CLI does.
 
 CLI: ``nemo-vwn launch --recipe NAME [--executor local|slurm] [--dryrun] [key=value ...]``.
 """
@@ -54,10 +61,7 @@ def require_nemo_run():
 # --------------------------------------------------------------------------- the task
 def pretrain_args(recipe: str, overrides: Sequence[str] = (), data: Optional[str] = None,
                   output: Optional[str] = None) -> list[str]:
-    """Arguments of ``python -m nemo_vwn.cli`` that train ``recipe`` (the recipe must exist)."""
-    from nemo_vwn.recipes import get_recipe
-
-    get_recipe(recipe)  # a clear error listing the recipes, before anything is submitted
+    """Arguments of ``python -m nemo_vwn.cli`` that train ``recipe``."""
     bad = [item for item in overrides if "=" not in item or item.startswith("-")]
     if bad:
         raise ValueError(f"overrides must be key=value (Hydra style), got {bad}")
@@ -88,14 +92,6 @@ def local_executor(nproc_per_node: int = 1, env_vars: Optional[dict] = None):
     env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     env.update(env_vars or {})
     return run.LocalExecutor(ntasks_per_node=nproc_per_node, launcher="torchrun", env_vars=env)
-
-
-def default_nodes(recipe: str, gpus_per_node: int = GPUS_PER_NODE) -> int:
-    """Nodes a recipe's parallel layout is sized for (paper recipes: their GPU count; else 1)."""
-    from nemo_vwn.recipes import get_recipe
-
-    size = getattr(get_recipe(recipe), "paper_model", None)
-    return max(1, size.gpus // gpus_per_node) if size is not None else 1
 
 
 def slurm_executor(*, account: str, job_dir: str, partition: Optional[str] = None,
@@ -183,17 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detach", action="store_true", help="do not wait for the end")
 
 
-def run_cli(args, overrides: Sequence[str]) -> int:
-    """Entry point of ``nemo-vwn launch``: exit status 2 with a message for usage errors."""
-    try:
-        require_nemo_run()
-        return _run_cli(args, overrides)
-    except (ImportError, ValueError) as exc:
-        print(f"nemo-vwn: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run_cli(args, overrides: Sequence[str]) -> int:
+def run_cli(args, overrides: Sequence[str], nodes: int = 1) -> int:
+    """``nemo-vwn launch`` once the recipe is known: ``nodes`` is the Slurm default when
+    ``--nodes`` is not given. Raises ImportError (no NeMo-Run) or ValueError (bad options)."""
+    require_nemo_run()
     if args.executor == "local":
         if args.dryrun:
             raise ValueError("--dryrun applies to --executor slurm")
@@ -201,12 +190,11 @@ def _run_cli(args, overrides: Sequence[str]) -> int:
     else:
         if not args.account:
             raise ValueError("--executor slurm needs --account")
-        gpus = args.nproc_per_node or GPUS_PER_NODE
         job_dir = args.job_dir or os.path.join(
             require_nemo_run().config.get_nemorun_home(), "slurm_jobs")
         executor = slurm_executor(
             account=args.account, partition=args.partition, job_dir=job_dir,
-            nodes=args.nodes or default_nodes(args.recipe, gpus), gpus_per_node=gpus,
+            nodes=args.nodes or nodes, gpus_per_node=args.nproc_per_node or GPUS_PER_NODE,
             time=args.time, container_image=args.container_image,
             container_mounts=[m for m in args.container_mounts.split(",") if m])
         if args.dryrun:

@@ -4,7 +4,8 @@
 its own) and, without touching the training loop:
 
 * prints ``[nemo-vwn] iter 120/300 (40%) | loss 4.213 | 0.21 s/it | ETA 0:00:38`` on rank 0
-  every ``interval`` iterations;
+  every ``interval`` iterations, on the console even when megatron's output goes to a log
+  (``nemo_vwn.bridge.console``);
 * records the raw (loss sum, token count) of every microbatch the loss function sees, separately
   for training and evaluation, and writes them per rank to ``<dir>/losses.rank<R>.json``
   (``nemo_vwn.results`` merges the ranks into loss curves).
@@ -21,6 +22,8 @@ import json
 import os
 import time
 from typing import Callable, Optional
+
+from nemo_vwn.bridge.console import echo
 
 
 class ProgressRecorder:
@@ -89,9 +92,9 @@ class ProgressRecorder:
             eta = datetime.timedelta(seconds=int(per_it * max(self.train_iters - iteration, 0)))
             loss = (f" | loss {self._window_loss[0] / self._window_loss[1]:.4f}"
                     if self._window_loss[1] else "")
-            print(f"[{self.label}] iter {iteration}/{self.train_iters} "
-                  f"({100 * iteration / self.train_iters:.0f}%){loss} | {per_it:.2f} s/it | "
-                  f"ETA {eta}", flush=True)
+            echo(f"[{self.label}] iter {iteration}/{self.train_iters} "
+                 f"({100 * iteration / self.train_iters:.0f}%){loss} | {per_it:.2f} s/it | "
+                 f"ETA {eta}")
         self._window_loss = [0.0, 0]
 
     # ------------------------------------------------------------------ output

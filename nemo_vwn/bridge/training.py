@@ -97,17 +97,3 @@ def write_run_description(cfg, output_dir: str, label: str) -> str:
         json.dump(description, handle, indent=2)
     return path
 
-
-def build_recipe(name: str, output_dir: Optional[str] = None, overrides: Sequence[str] = (),
-                 data_dir: Optional[str] = None):
-    """The ConfigContainer of recipe ``name``: on a built dataset (``data_dir``, else the recipe's
-    own data), then the command-line overrides."""
-    from nemo_vwn.recipes import get_recipe
-
-    recipe = get_recipe(name)
-    cfg = recipe(output_dir=output_dir) if output_dir else recipe()
-    if data_dir:
-        from nemo_vwn.data.bridge import use_dataset
-
-        use_dataset(cfg, data_dir)
-    return apply_overrides(cfg, overrides)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -81,6 +82,22 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def ensure_dataset(data_dir: str) -> str:
+    """Reuse a dataset built earlier at ``data_dir``, else build the default (stdlib) corpus there
+    (``nemo-vwn compare`` and the token-efficiency benchmark); returns ``data_dir``."""
+    from nemo_vwn.data.build import build_dataset, load_manifest
+
+    try:
+        load_manifest(data_dir)
+        return data_dir
+    except (FileNotFoundError, ValueError):
+        pass
+    print(f"[nemo-vwn] building the default dataset (Python standard library) in {data_dir}",
+          flush=True)
+    build_dataset(data_dir, overwrite=os.path.exists(data_dir))
+    return data_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,8 +1,11 @@
 """NeMo-Run launchers: the task command, a Slurm dry run and a real 2-process local launch.
 
-NeMo-Run is an optional extra (``nemo-vwn[run]``) and is NOT installed in the CPU development
-stack: ``pip install nemo-run==0.11.1`` would downgrade anyio (4.16 -> 4.9), httpx (0.28 -> 0.27.2)
-and urllib3 (2.8 -> 1.26) there. The tests that need it skip with that reason; the rest run always.
+No fixture prepares the runtime: the submitting process must work as it is on a machine without
+CUDA or Transformer Engine (the tasks apply what they need themselves).
+
+NeMo-Run is an optional extra (``nemo-vwn[run]``): its resolver would downgrade anyio, httpx and
+urllib3, so the CPU dev stack installs it with ``--no-deps`` (README). Where it is missing the tests
+that need it skip with that reason; the rest run always.
 """
 
 import glob
@@ -13,8 +16,6 @@ import sys
 
 import pytest
 
-from nemo_vwn.runtime import prepare_runtime
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_NEMO_RUN = (
     "nemo-run is not installed: it is the optional extra nemo-vwn[run], left out of the CPU dev "
@@ -22,11 +23,6 @@ NO_NEMO_RUN = (
 )
 needs_nemo_run = pytest.mark.skipif(importlib.util.find_spec("nemo_run") is None,
                                     reason=NO_NEMO_RUN)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bridge():
-    prepare_runtime()
 
 
 @pytest.fixture
@@ -46,19 +42,33 @@ def nemo_run_home(tmp_path, monkeypatch):
 
 def test_task_command_and_errors():
     from nemo_vwn.bridge import launch
-    from nemo_vwn.recipes import UnknownRecipeError
+    from nemo_vwn.recipes import UnknownRecipeError, check_recipe_name, default_nodes
 
     assert launch.pretrain_args("tiny_vwn_moe_cpu", ["train.train_iters=3"], data="/d",
                                 output="/o") == [
         "pretrain", "--recipe", "tiny_vwn_moe_cpu", "--output", "/o", "--data", "/d",
         "train.train_iters=3"]
     with pytest.raises(UnknownRecipeError, match="available recipes"):
-        launch.pretrain_args("no_such_recipe")
+        check_recipe_name("no_such_recipe")
     with pytest.raises(ValueError, match="key=value"):
         launch.pretrain_args("tiny_vwn_moe_cpu", ["--nproc-per-node"])
-    assert launch.default_nodes("paper_moe_a3p3b_vwn_r8") == 2  # 16 H100s
-    assert launch.default_nodes("paper_moe_a0p8b_vwn_r2") == 1
-    assert launch.default_nodes("tiny_vwn_moe_cpu") == 1
+    assert default_nodes("paper_moe_a3p3b_vwn_r8") == 2  # 16 H100s
+    assert default_nodes("paper_moe_a3p3b_vwn_r8", gpus_per_node=4) == 4
+    assert default_nodes("paper_moe_a0p8b_vwn_r2") == 1
+    assert default_nodes("tiny_vwn_moe_cpu") == 1
+
+
+def test_launch_module_imports_no_recipe_and_no_megatron():
+    """The submitting process (a login node) needs neither CUDA nor TE: nothing builds a recipe."""
+    import subprocess
+
+    code = ("import sys; from nemo_vwn.bridge import launch; from nemo_vwn.recipes import "
+            "default_nodes; default_nodes('paper_moe_a3p3b_vwn_r8'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'megatron', 'torch', "
+            "'transformer_engine'}), 'nemo_vwn.recipes.tiny' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[] False"
 
 
 def test_missing_nemo_run_is_reported_with_the_reason(monkeypatch, capsys):
@@ -78,17 +88,20 @@ def test_missing_nemo_run_is_reported_with_the_reason(monkeypatch, capsys):
     with pytest.raises(ImportError, match=r"nemo-vwn\[run\].*downgrade"):
         launch.local_executor()
     assert main(["launch", "--recipe", "tiny_vwn_moe_cpu"]) == 2
-    assert "pip install 'nemo-vwn[run]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("nemo-vwn: error: NeMo-Run is not installed")
+    assert "pip install 'nemo-vwn[run]'" in err
 
 
 @needs_nemo_run
 def test_slurm_dryrun_sbatch(nemo_run_home, tmp_path):
     from nemo_vwn.bridge import launch
+    from nemo_vwn.recipes import default_nodes
 
     recipe = "paper_moe_a3p3b_vwn_r8"
     executor = launch.slurm_executor(
         account="vwn_acct", partition="batch", job_dir=str(tmp_path / "jobs"),
-        nodes=launch.default_nodes(recipe), container_image="nvcr.io/nvidia/nemo:dev",
+        nodes=default_nodes(recipe), container_image="nvcr.io/nvidia/nemo:dev",
         container_mounts=["/lustre/data:/data"], time="02:00:00")
     sbatch = launch.dryrun_sbatch(recipe, executor, overrides=[
         "train.train_iters=100", "model.virtual_width_n=32"], data="/data/vwn")

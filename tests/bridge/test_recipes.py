@@ -48,8 +48,8 @@ def test_twins_differ_only_in_vwn(tmp_path):
 
 
 def test_overrides_change_what_they_say_and_bad_keys_fail_clearly(tmp_path):
-    from nemo_vwn.bridge.training import OverrideError, build_recipe
-    from nemo_vwn.recipes import UnknownRecipeError
+    from nemo_vwn.bridge.training import OverrideError
+    from nemo_vwn.recipes import UnknownRecipeError, build_recipe
 
     cfg = build_recipe("tiny_vwn_moe_cpu", str(tmp_path),
                        ["train.train_iters=7", "model.virtual_width_n=6", "optimizer.lr=0.01"])
@@ -67,7 +67,7 @@ def test_overrides_change_what_they_say_and_bad_keys_fail_clearly(tmp_path):
 
 def test_invalid_vwn_override_fails_in_finalize(tmp_path):
     from nemo_vwn import VWNConfigError
-    from nemo_vwn.bridge.training import build_recipe
+    from nemo_vwn.recipes import build_recipe
 
     cfg = build_recipe("tiny_vwn_moe_cpu", str(tmp_path), ["model.virtual_width_n=1"])
     with pytest.raises(VWNConfigError, match="virtual_width_n=1 must be >= virtual_width_m=2"):
@@ -90,7 +90,7 @@ def test_baseline_twin_with_mtp_builds_on_cpu(tmp_path, megatron_cpu):
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlock
 
-    from nemo_vwn.bridge.training import build_recipe
+    from nemo_vwn.recipes import build_recipe
 
     cfg = build_recipe("tiny_moe_cpu", str(tmp_path), ["model.mtp_num_layers=1"])
     cfg.model.vocab_size = 128

@@ -18,7 +18,7 @@ def pretrain_and_record(rank: int, world_size: int, recipe: str, output_dir: str
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_vwn.bridge.training import build_recipe
+    from nemo_vwn.recipes import build_recipe
 
     records = []
 

@@ -19,7 +19,8 @@ def main():
     from nemo_vwn.runtime import ensure_process_env, prepare_runtime
     ensure_process_env()
     prepare_runtime()
-    from nemo_vwn.bridge.training import build_recipe, run_pretrain
+    from nemo_vwn.bridge.training import run_pretrain
+    from nemo_vwn.recipes import build_recipe
     from nemo_vwn.data.bridge import use_dataset
 
     data_dir, out_dir = sys.argv[1], sys.argv[2]

@@ -1,9 +1,7 @@
 """The pipeline-shape patch: schedules see the wide state's width for VWN models only."""
 
-import pytest
 import torch
 
-from nemo_vwn import VWNConfigError
 from nemo_vwn.patches import pipeline_shapes
 from nemo_vwn.patches.pipeline_shapes import StageBoundaryConfigView
 from nemo_vwn.testing.models import build_vwn_gpt, stock_config, vwn_config
@@ -39,9 +37,21 @@ def test_schedules_size_p2p_buffers_from_the_wide_state(megatron_cpu):
         assert shapes == [(16, 2, width)]
 
 
-def test_pipeline_parallel_vwn_model_requires_the_patch(megatron_cpu, monkeypatch):
+def test_building_a_pipeline_parallel_vwn_model_applies_the_patch(megatron_cpu, monkeypatch):
+    """A Megatron-core user who builds a PP > 1 VWNGPTModel without nemo_vwn.runtime set-up gets
+    stage boundaries sized for the wide state: the model applies the patch (through the runtime)."""
+    from megatron.core.pipeline_parallel import schedules
+
+    pipeline_shapes.apply()
+    unpatched = pipeline_shapes._state["original"]
+    monkeypatch.setattr(schedules, "get_model_config", unpatched)  # restored after the test
     monkeypatch.setitem(pipeline_shapes._state, "applied", False)
+    monkeypatch.setitem(pipeline_shapes._state, "original", unpatched)
     config = vwn_config(n=4, m=2)
     config.pipeline_model_parallel_size = 2  # a PP=2 config (process groups are not needed)
-    with pytest.raises(VWNConfigError, match="apply_pipeline_shapes"):
+    try:
         build_vwn_gpt(config)
+    except Exception:  # noqa: BLE001 - building may fail later without PP groups; not the point
+        pass
+    assert pipeline_shapes.is_applied()
+    assert schedules.get_model_config is not unpatched
