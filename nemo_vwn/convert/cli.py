@@ -2,6 +2,7 @@
 
     nemo-vwn convert reshard --checkpoint runs/x/checkpoints --output runs/x_tp2 --tp 2
     nemo-vwn convert upcycle --checkpoint runs/base/checkpoints --output runs/up --n 4 --m 2
+    nemo-vwn convert upcycle --hf-model path/to/llama --output runs/llama_vwn --n 3 --m 2
     nemo-vwn convert export-hf --checkpoint runs/x/checkpoints --output runs/x_hf
     nemo-vwn convert import-hf --hf-dir runs/x_hf --output runs/x_back --n 4 --m 2
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+
+
+CHECKPOINT_HELP = "a checkpoints/ directory (its latest iteration) or an iter_* dir"
 
 
 def _positive(text: str) -> int:
@@ -23,11 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="conversion", required=True)
     reshard = sub.add_parser("reshard", help="re-save a checkpoint for another TP/PP/EP layout, "
                                              "verifying logits before and after")
-    upcycle = sub.add_parser("upcycle", help="a baseline GPT/GPT-MoE checkpoint -> a VWN checkpoint "
-                                             "that computes the same function at step 0")
+    upcycle = sub.add_parser("upcycle", help="a baseline GPT/GPT-MoE checkpoint or HF model -> "
+                                             "a VWN checkpoint that computes the same function "
+                                             "at step 0")
+    reshard.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    source = upcycle.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=f"the baseline: {CHECKPOINT_HELP}")
+    source.add_argument("--hf-model", metavar="DIR",
+                        help="the baseline: a local Hugging Face model directory of a family "
+                             "Megatron-Bridge imports (Llama, Qwen2/2.5, Qwen3, Qwen3-MoE, "
+                             "OLMoE); verified against its transformers logits")
     for command in (reshard, upcycle):
-        command.add_argument("--checkpoint", required=True,
-                             help="a checkpoints/ directory (its latest iteration) or an iter_* dir")
         command.add_argument("--output", required=True, help="output checkpoint directory")
         command.add_argument("--overwrite", action="store_true", help="replace an existing output")
     for flag in ("--tp", "--pp", "--ep"):
@@ -104,6 +114,13 @@ def run(args) -> int:
                              overwrite=args.overwrite)
         elif args.conversion in ("export-hf", "import-hf"):
             report = _run_hf(args)
+        elif args.hf_model:
+            from nemo_vwn.convert.upcycle_hf import upcycle_hf
+
+            report = upcycle_hf(
+                args.hf_model, args.output, n=args.n, m=args.m, dynamic=not args.static,
+                collapse=args.collapse, embedding=args.embedding, extra_slots=args.extra_slots,
+                overwrite=args.overwrite)
         else:
             from nemo_vwn.convert.upcycle_checkpoint import upcycle_checkpoint
 
