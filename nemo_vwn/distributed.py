@@ -1,6 +1,6 @@
 """Launch a function on N processes (gloo on CPU) and collect what each rank returns.
 
-    results = run_distributed("tests.parallel_workers:tp_parity", world_size=2, kwargs={...})
+    results = run_distributed("tests.workers.tp:tp_parity", world_size=2, kwargs={...})
 
 The target is named as "module:function" so the child processes (started with ``spawn``) import it
 themselves; ``sys_path`` entries (default: the current working directory) are prepended in the

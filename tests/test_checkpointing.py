@@ -3,6 +3,8 @@
 import os
 
 from nemo_vwn.distributed import run_distributed
+from tests.workers import target
+from tests.workers.checkpoint import checkpoint_resharding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +19,7 @@ def test_save_load_and_reshard(tmp_path):
         dict(name="factorized TP2+SP -> TP1", n=4, m=2, vwn_embedding="factorized",
              save={"tp": 2, "sp": True}, load={}),
     ]
-    results = run_distributed("tests.parallel_workers:checkpoint_resharding", world_size=2,
+    results = run_distributed(target(checkpoint_resharding), world_size=2,
                               kwargs={"ckpt_root": str(tmp_path), "cases": cases},
                               sys_path=[REPO_ROOT])
     for row in results[0]:

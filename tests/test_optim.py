@@ -7,6 +7,8 @@ import torch
 
 from nemo_vwn.distributed import run_distributed
 from nemo_vwn.testing.models import build_vwn_gpt, vwn_config
+from tests.workers import target
+from tests.workers.optimizer import distributed_optimizer_parity
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +66,7 @@ def test_weight_decay_groups(megatron_cpu, scale_decay):
 
 
 def test_distributed_optimizer_dp2_matches_dp1():
-    results = run_distributed("tests.parallel_workers:distributed_optimizer_parity", world_size=2,
+    results = run_distributed(target(distributed_optimizer_parity), world_size=2,
                               kwargs={"steps": 3}, sys_path=[REPO_ROOT])
     for row in results:
         print(row)

@@ -8,9 +8,13 @@ import os
 import pytest
 
 from nemo_vwn.distributed import run_distributed
+from tests.workers import target
+from tests.workers.cp import cp_parity
+from tests.workers.ep import ep_parity
+from tests.workers.pipeline import layout_parity
+from tests.workers.tp import tp_parity
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKERS = "tests.parallel_workers"
 
 # r = 1.5 (fractional: linear collapse), 2, 4; dense and MoE; factorized embedding once.
 TP_CASES = [
@@ -35,7 +39,7 @@ def test_tp2_matches_tp1(sequence_parallel):
     # megatron-core refuses MoE + TP without SP in training, so MoE runs in the SP variant only.
     cases = [dict(c, sequence_parallel=sequence_parallel) for c in TP_CASES
              if sequence_parallel or not c.get("moe")]
-    results = run_distributed(f"{WORKERS}:tp_parity", world_size=2, kwargs={"cases": cases},
+    results = run_distributed(target(tp_parity), world_size=2, kwargs={"cases": cases},
                               sys_path=[REPO_ROOT])
     for rank_rows in results:
         _report(f"TP=2{' + SP' if sequence_parallel else ''} vs TP=1", rank_rows)
@@ -53,7 +57,7 @@ def test_tp2_matches_tp1(sequence_parallel):
 def test_ep2_matches_ep1():
     cases = [dict(name="r1.5 (2,3) MoE", n=3, m=2, moe=True, vwn_collapse="linear"),
              dict(name="r2 (2,4) MoE", n=4, m=2, moe=True)]
-    results = run_distributed(f"{WORKERS}:ep_parity", world_size=2, kwargs={"cases": cases},
+    results = run_distributed(target(ep_parity), world_size=2, kwargs={"cases": cases},
                               sys_path=[REPO_ROOT])
     local = [rows[0]["local_experts"] for rows in results]
     assert local == [["0", "1"], ["2", "3"]]  # each rank holds half of the 4 experts
@@ -66,7 +70,7 @@ def test_ep2_matches_ep1():
 
 
 def _run_layout(layout, world_size, cases):
-    results = run_distributed(f"{WORKERS}:layout_parity", world_size=world_size,
+    results = run_distributed(target(layout_parity), world_size=world_size,
                               kwargs={"layout": layout, "cases": cases}, sys_path=[REPO_ROOT])
     rows = [row for rank_rows in results for row in rank_rows]
     _report(f"layout {layout} vs 1 process", rows)
@@ -125,7 +129,7 @@ def test_cp2_matches_cp1():
     cases = [dict(name="r2 (2,4)", n=4, m=2),
              dict(name="r1.5 (2,3) MoE", n=3, m=2, moe=True, vwn_collapse="linear"),
              dict(name="r2 (2,4) MTP k=2", n=4, m=2, mtp_num_layers=2)]
-    results = run_distributed(f"{WORKERS}:cp_parity", world_size=2, kwargs={"cases": cases},
+    results = run_distributed(target(cp_parity), world_size=2, kwargs={"cases": cases},
                               sys_path=[REPO_ROOT])
     for rank_rows in results:
         _report("CP=2 vs CP=1", rank_rows)
