@@ -408,20 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spawn_safe_main() -> None:
-    """Megatron's checkpoint writer starts a ``spawn`` process (a multiprocessing Manager); a spawn
-    child re-runs ``__main__``, and the ``nemo-vwn`` console script calls ``main()`` unguarded, so
-    the child re-ran the whole command (a second training on the same port) and the save died
-    with EOFError. With this module as ``__main__``'s spec, children import it (guarded)."""
-    import importlib.util
-
-    main_module = sys.modules.get("__main__")
-    if main_module is not None and getattr(main_module, "__spec__", None) is None:
-        main_module.__spec__ = importlib.util.find_spec("nemo_vwn.cli")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _spawn_safe_main()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown_flags = [item for item in extra if item.startswith("-")]
