@@ -14,7 +14,9 @@ and reports, as ratios to the baseline:
 - activation bytes kept for backward of one forward (``saved_activation_bytes``: deterministic),
   GHC recompute off and on;
 - step time (forward + backward, median of ``--steps`` after a warm-up, baseline and VWN steps
-  interleaved so both see the same machine state) and tokens/s, recompute off and on;
+  interleaved so both see the same machine state) and tokens/s, recompute off and on, for each
+  GHC backend of ``--ghc-impl`` (e.g. ``--ghc-impl torch compile``: side by side in one run), next
+  to the bound the arithmetic alone sets: 1 + the GHC (and collapse) share of the step's FLOPs;
 - on CUDA also the allocator's peak memory of a step.
 
 fp32 on CPU (bf16 on CUDA). Not run by CI.
@@ -43,6 +45,11 @@ def main() -> None:
                         help="m of the r = 2, 4, 8 rows (r = 1.5 is always (2, 3))")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model (0: no timing)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--ghc-impl", nargs="+", default=["torch"],
+                        choices=("torch", "triton", "compile", "auto"),
+                        help="GHC backends to time, side by side (default: torch)")
+    parser.add_argument("--shapes", default=None,
+                        help="only these (m,n) rows, e.g. '2,3;2,4' (default: all four)")
     args = parser.parse_args()
 
     from nemo_vwn.testing.cpu import init_cpu_distributed
@@ -126,15 +133,20 @@ def main() -> None:
           f"{base_params / 1e6:.2f} M params, {base_flops / 1e6:.2f} MFLOP/token forward "
           f"(matmuls), {base_act / 2**20:.1f} MiB activations kept"
           + (f", peak {base_peak / 2**20:.0f} MiB" if base_peak else ""))
-    header = ["r", "(m,n)", "params", "params(fact.)", "GHC FLOPs", "act", "act+recompute",
-              "recompute saves"]
+    impls = args.ghc_impl
+    header = ["r", "(m,n)", "params", "params(fact.)", "GHC FLOPs", "bound", "act",
+              "act+recompute", "recompute saves"]
     if args.steps:
-        header += ["step", "step+recompute", "tokens/s (base / VWN)"]
+        for impl in impls:
+            header += [f"step {impl}", f"step+recompute {impl}"]
+        header += ["tokens/s (base / VWN " + impls[-1] + ")"]
     if base_peak:
         header += ["peak mem", "peak+recompute"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     pairs = [(2, 3)] + [(args.m, int(args.m * r)) for r in (2, 4, 8)]
+    if args.shapes:
+        pairs = [tuple(int(v) for v in pair.split(",")) for pair in args.shapes.split(";")]
     for m, n in pairs:
         collapse = "linear" if n % m else "norm_linear"
         row = [f"{n / m:g}", f"({m},{n})"]
@@ -144,28 +156,34 @@ def main() -> None:
                                              vwn_embedding=embedding, **shape), **build)
             counts[embedding] = parameter_count(model)
             del model
-        for recompute in (False, True):
-            torch.manual_seed(0)
-            model = build_vwn_gpt(vwn_config(n=n, m=m, moe=args.moe, vwn_collapse=collapse,
-                                             ghc_recompute=recompute, **shape), **build).to(device)
-            acts[recompute] = saved_activation_bytes(model, lambda: forward(model))
-            peaks[recompute] = peak_bytes(model)
-            models[recompute] = model
+        for impl in impls:
+            for recompute in (False, True):
+                torch.manual_seed(0)
+                model = build_vwn_gpt(vwn_config(n=n, m=m, moe=args.moe, vwn_collapse=collapse,
+                                                 ghc_recompute=recompute, ghc_impl=impl, **shape),
+                                      **build).to(device)
+                acts[impl, recompute] = saved_activation_bytes(model, lambda: forward(model))
+                peaks[impl, recompute] = peak_bytes(model)
+                models[impl, recompute] = model
         # two GHCs per layer; the collapse (a D'->D linear) and the wider embedding lookup add
         # 2 r D^2 (norm_linear/linear collapse) per token
         ghc = 2 * args.layers * ghc_flops_per_token(args.hidden, n, m)["total"]
         collapse_flops = 2 * (n / m) * args.hidden * args.hidden
+        share = (ghc + collapse_flops) / base_flops
+        act = {rec: acts[impls[-1], rec] for rec in (False, True)}  # the last backend's
         row += [f"x{counts['wide'] / base_params:.3f}",
                 f"x{counts['factorized'] / base_params:.3f}",
-                f"+{100 * (ghc + collapse_flops) / base_flops:.1f}%",
-                f"x{acts[False] / base_act:.3f}", f"x{acts[True] / base_act:.3f}",
-                f"{100 * (1 - acts[True] / acts[False]):.1f}%"]
+                f"+{100 * share:.1f}%", f"x{1 + share:.2f}",
+                f"x{act[False] / base_act:.3f}", f"x{act[True] / base_act:.3f}",
+                f"{100 * (1 - act[True] / act[False]):.1f}%"]
         if args.steps:
-            t_base, t_vwn, t_rec = median_step_seconds([base, models[False], models[True]])
-            row += [f"x{t_vwn / t_base:.2f}", f"x{t_rec / t_base:.2f}",
-                    f"{tokens_per_step / t_base:,.0f} / {tokens_per_step / t_vwn:,.0f}"]
+            keys = [(impl, rec) for impl in impls for rec in (False, True)]
+            t_base, *t_vwn = median_step_seconds([base] + [models[k] for k in keys])
+            row += [f"x{t / t_base:.2f}" for t in t_vwn]
+            row += [f"{tokens_per_step / t_base:,.0f} / {tokens_per_step / t_vwn[-2]:,.0f}"]
         if base_peak:
-            row += [f"x{peaks[False] / base_peak:.3f}", f"x{peaks[True] / base_peak:.3f}"]
+            row += [f"x{peaks[impls[-1], False] / base_peak:.3f}",
+                    f"x{peaks[impls[-1], True] / base_peak:.3f}"]
         print("| " + " | ".join(row) + " |", flush=True)
         del models
 

@@ -24,7 +24,7 @@ EMBEDDING_CHOICES = ("wide", "factorized")
 EMBEDDING_UP_INIT_CHOICES = ("scaled", "normal")
 COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
 COLLAPSE_INIT_CHOICES = ("normal", "identity")
-GHC_IMPL_CHOICES = ("torch", "triton", "auto")
+GHC_IMPL_CHOICES = ("torch", "triton", "compile", "auto")
 
 
 class VWNConfigError(ValueError):
@@ -64,10 +64,12 @@ class VWNConfigMixin:
     wide input is kept (docs/method.md §6)."""
 
     ghc_impl: str = "torch"
-    """GHC implementation: "torch" (plain torch: the reference and fallback); "triton" (the fused
-    kernels of nemo_vwn/kernels, always: compiled on CUDA, or on CPU under TRITON_INTERPRET=1 set
-    before Python starts; an error anywhere else); "auto" (the kernels for CUDA tensors when
-    compiled Triton is usable, torch otherwise). The kernels always compute in fp32."""
+    """GHC backend, chosen once per GHC module (docs/kernels.md): "torch" (plain torch: the
+    reference and fallback); "triton" (the fused kernels of nemo_vwn/kernels, always: compiled on
+    CUDA, or on CPU under TRITON_INTERPRET=1 set before Python starts; an error anywhere else);
+    "compile" (torch.compile/Inductor around a fused formulation: C++ on CPU, Triton on GPU);
+    "auto" (Triton where compiled Triton is usable, else compile where a compiler works, else
+    torch; the choice is logged once). The Triton kernels always compute in fp32."""
 
     vwn_embedding: str = "wide"
     """Over-width embedding (docs/method.md §2): "wide" = a vocabulary table of width D' (every

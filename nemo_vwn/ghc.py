@@ -146,9 +146,10 @@ class GHC(MegatronModule):
         Hf = H.to(cdt)
         # Hn = RMSNorm_d(H): per-slot RMS over d, one gain of size d shared by the slots
         Hn = torch.nn.functional.rms_norm(Hf, (self.d,), self.norm_weight.to(cdt), self.eps)
-        inv_sqrt_d = 1.0 / math.sqrt(self.d)
-        dyn_alpha = torch.tanh(torch.matmul(Hn, self.dynamic_alpha_proj.to(cdt)) * inv_sqrt_d)
-        dyn_beta = torch.tanh(torch.matmul(Hn, self.dynamic_beta_proj.to(cdt)) * inv_sqrt_d)
+        # One projection for A and B: Hn [W_A | W_B] / sqrt(d), one tanh -> [s, b, n, 2m+n]
+        proj = torch.cat([self.dynamic_alpha_proj, self.dynamic_beta_proj], dim=1).to(cdt)
+        dyn = torch.tanh(torch.matmul(Hn, proj) * (1.0 / math.sqrt(self.d)))
+        dyn_alpha, dyn_beta = dyn.split([self.m + self.n, self.m], dim=-1)
         alpha = self.dynamic_alpha_scale.to(cdt) * dyn_alpha + static_alpha  # [s, b, n, m+n]
         beta = self.dynamic_beta_scale.to(cdt) * dyn_beta.transpose(-1, -2) + static_beta
         # alpha [s, b, n, m+n], beta [s, b, m, n]

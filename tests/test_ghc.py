@@ -231,3 +231,20 @@ def test_write_applies_bias_and_dropout_of_the_branch():
     assert torch.allclose(dropped, ghc.write(torch.where(keep, 2 * z, 0.0), state))
     with pytest.raises(ValueError, match="dropout_p must be in"):
         ghc.write(z, state, dropout_p=1.5)
+
+
+def test_auto_prefers_triton_then_compile_then_torch_and_forcing_is_checked(monkeypatch):
+    from nemo_vwn.kernels import GHCKernelUnavailableError, select
+
+    monkeypatch.setattr(select, "_logged", set())
+    for triton_ok, compiler_ok, expect in ((True, True, "triton"), (False, True, "compile"),
+                                           (False, False, "torch")):
+        monkeypatch.setattr(select, "compiled_triton_usable", lambda ok=triton_ok: ok)
+        monkeypatch.setattr(select, "compiler_usable", lambda ok=compiler_ok: ok)
+        assert select.choose_backend("auto", 3, 2) == expect
+    monkeypatch.setattr(select, "compiled_triton_usable", lambda: True)
+    monkeypatch.setattr(select, "compiler_usable", lambda: True)
+    assert select.choose_backend("auto", 65, 8) == "compile"  # beyond the Triton kernels' n
+    monkeypatch.setattr(select, "compiler_usable", lambda: False)
+    with pytest.raises(GHCKernelUnavailableError, match="ghc_impl='compile' cannot run here"):
+        select.choose_backend("compile", 3, 2)

@@ -4,10 +4,12 @@
     select.build_backend(impl, n, m, reference)   the backend for ``ghc_impl``, chosen once per GHC
     select.choose_backend / check_ghc_impl        the decision and its validation
     triton_backend.TritonGHCBackend               the fused Triton kernels (imports triton)
+    ghc_compiled.CompiledGHCBackend               torch.compile around a fused formulation
     ghc_autograd / ghc_triton                     their autograd Functions and kernels
     runtime.describe()                            which Triton mode this process can use
 
-Importing this package does not import triton (only building a Triton backend does). The plain-torch
+Importing this package does not import triton and compiles nothing (building a Triton backend
+imports triton; the compiled backend compiles on its first call). The plain-torch
 reference ``TorchGHCBackend`` is in ``nemo_vwn/ghc.py``.
 """
 

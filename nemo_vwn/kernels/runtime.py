@@ -71,6 +71,24 @@ def compiled_triton_usable() -> bool:
     return triton_importable() and cuda_usable() and not interpreter_active()
 
 
+@functools.lru_cache(maxsize=None)
+def compiler_usable() -> bool:
+    """torch.compile can build kernels here: Triton for CUDA, else a C++ compiler for Inductor's
+    CPU backend (checked without compiling anything)."""
+    import torch
+
+    if not torch._dynamo.is_dynamo_supported():
+        return False
+    if cuda_usable():
+        return triton_importable()
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return bool(get_cpp_compiler())
+    except Exception:  # noqa: BLE001 - no compiler found (or an Inductor without the helper)
+        return False
+
+
 def describe() -> str:
     """One line for logs/benchmarks: which Triton mode this process can use."""
     if not triton_importable():

@@ -1,4 +1,4 @@
-"""Which GHC backend runs: ``ghc_impl`` = "torch" | "triton" | "auto", decided once per GHC module.
+"""Which GHC backend runs: ``ghc_impl`` = torch | triton | compile | auto, decided once per GHC.
 
     "torch"   the plain-torch reference in ghc.py (``TorchGHCBackend``); never imports the kernels.
     "triton"  the fused Triton kernels (``TritonGHCBackend``), always. On a CUDA tensor they run
@@ -6,9 +6,11 @@
               before Python starts -- slow, for tests). Where they can never run, building the GHC
               raises GHCKernelUnavailableError naming the field; a tensor they cannot take (float64,
               a CPU tensor without the interpreter) raises the same error at ``read``.
+    "compile" torch.compile / Inductor around the fused formulation of ``ghc_compiled.py``
+              (vectorised C++ on CPU, Triton on GPU); an error where no compiler works.
     "auto"    the machine decides, once: Triton when compiled Triton is usable (a CUDA device,
-              interpreter off) and n, m <= 64; the torch reference otherwise. Logged once per
-              choice.
+              interpreter off) and n, m <= 64; else compile where a compiler works; else the
+              torch reference. Logged once per choice; force a backend by naming it.
 
 ``build_backend`` returns an object with ``name``, ``read(ghc, h)`` and
 ``write(ghc, z, state, ...)`` (the interface GHC.read / GHC.write delegate to; see
@@ -28,6 +30,7 @@ from nemo_vwn.kernels.backend import GHCBackend
 from nemo_vwn.kernels.runtime import (
     GHCKernelUnavailableError,
     compiled_triton_usable,
+    compiler_usable,
     cuda_usable,
     interpreter_active,
     interpreter_mismatch_message,
@@ -64,6 +67,12 @@ def check_ghc_impl(impl: str, n: int, m: int) -> None:
     """At GHC construction: reject an unknown impl, and 'triton' where it can never run."""
     if impl not in GHC_IMPLS:
         raise ValueError(f"ghc_impl={impl!r} is not one of {list(GHC_IMPLS)}")
+    if impl == "compile" and not compiler_usable():
+        raise GHCKernelUnavailableError(
+            "ghc_impl='compile' cannot run here: torch.compile has no working compiler (a C++ "
+            f"compiler on CPU, Triton on CUDA). Allowed ghc_impl values: {list(GHC_IMPLS)}; use "
+            "'auto' or 'torch'."
+        )
     if impl != "triton":
         return
     if not triton_importable():
@@ -88,16 +97,17 @@ def check_kernel_input(n: int, m: int, hidden_states: torch.Tensor) -> None:
 
 
 def choose_backend(impl: str, n: int, m: int) -> str:
-    """The backend name for ``ghc_impl`` on this machine ("torch" | "triton"); validates impl."""
+    """The backend name for ``ghc_impl`` on this machine ("torch" | "triton" | "compile")."""
     check_ghc_impl(impl, n, m)
     if impl != "auto":
         return impl
-    if not compiled_triton_usable():
-        name, why = "torch", "no compiled Triton (no CUDA device, or the interpreter is on)"
-    elif n > MAX_SLOTS or m > MAX_SLOTS:
-        name, why = "torch", f"(m, n) = ({m}, {n}) is beyond the kernels' n, m <= {MAX_SLOTS}"
-    else:
+    if compiled_triton_usable() and n <= MAX_SLOTS and m <= MAX_SLOTS:
         name, why = "triton", "compiled Triton on CUDA"
+    elif compiler_usable():
+        name, why = "compile", ("torch.compile works here (no compiled Triton, or n, m beyond "
+                                f"the kernels' {MAX_SLOTS})")
+    else:
+        name, why = "torch", "neither compiled Triton nor a torch.compile compiler is usable"
     if (name, why) not in _logged:
         _logged.add((name, why))
         logger.info("ghc_impl='auto' chose the %s GHC backend: %s (force it with ghc_impl=...)",
@@ -112,4 +122,8 @@ def build_backend(impl: str, n: int, m: int, reference: Callable[[], GHCBackend]
         from nemo_vwn.kernels.triton_backend import TritonGHCBackend  # imports triton
 
         return TritonGHCBackend()
+    if name == "compile":
+        from nemo_vwn.kernels.ghc_compiled import CompiledGHCBackend
+
+        return CompiledGHCBackend()
     return reference()

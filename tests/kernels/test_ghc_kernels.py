@@ -187,7 +187,8 @@ def test_backend_is_chosen_once_at_construction():
     assert isinstance(tri.read(H)[1], TritonGHCState)
     assert isinstance(ref.read(H.cpu())[1], GHCState)
     auto = GHC(vwn_config(n=3, m=2, hidden_size=2 * D, vwn_collapse="linear", ghc_impl="auto"))
-    expect = "triton" if select.compiled_triton_usable() else "torch"
+    expect = ("triton" if select.compiled_triton_usable()
+              else "compile" if select.compiler_usable() else "torch")
     assert auto.backend.name == expect
     with pytest.raises(GHCKernelUnavailableError, match="ghc_impl='triton'.*float64"):
         tri.double().read(H.double())
@@ -198,6 +199,7 @@ def test_triton_without_cuda_or_interpreter_is_a_clear_error(monkeypatch, caplog
     monkeypatch.setattr(select, "interpreter_active", lambda: False)
     monkeypatch.setattr(select, "interpreter_requested", lambda: False)
     monkeypatch.setattr(select, "compiled_triton_usable", lambda: False)
+    monkeypatch.setattr(select, "compiler_usable", lambda: False)
     monkeypatch.setattr(select, "_logged", set())
     with pytest.raises(GHCKernelUnavailableError, match="TRITON_INTERPRET=1"):
         select.check_ghc_impl("triton", 3, 2)

@@ -1,0 +1,123 @@
+"""The compiled GHC backend (``ghc_impl="compile"``): torch.compile / Inductor around a formulation
+written for it (vwn-method.md sections 3, 4, 6). Inductor emits vectorised C++ on CPU and Triton on
+GPU; its AOTAutograd derives and fuses the backward. No hand-written kernel.
+
+The formulation, per token (H: (n, d); u = 1/sqrt(d); W = [W_A | W_B] of shape (d, 2m+n)):
+    rstd = (mean_e H² + eps)^(-1/2)                    the norm statistics, computed once
+    T    = tanh(u · rstd ∘ ((H ∘ g) W))  (n, 2m+n)     ONE projection for A and B
+    A    = S_A ∘ T[:, :m+n] + A_static                 B = (S_B ∘ T[:, m+n:]ᵀ) + B_static
+    read:  X  = A_readᵀ H                               (eq. 1)
+    write: H' = Bᵀ dropout(Z + bias) + A_carryᵀ H       (eq. 3; the branch's bias/dropout fused)
+The read computes A and B once and hands A_carry and Bᵀ to the write (``CompiledGHCState``): no
+second norm or projection, and neither the normalised state nor the carried state A_carryᵀ H
+(n×d per token) is ever materialised; the products are broadcast-sums over the n (or m) slots
+that Inductor fuses into one loop nest with its reduction. AOTAutograd's partitioner keeps for
+backward the inputs (H, the branch output, the small per-token coefficients) and recomputes the
+pointwise rest. With ``ghc_recompute`` the read runs under megatron's activation checkpoint, as
+on the torch path.
+
+Both halves are compiled once per process and shared by every GHC of the same (m, n, d, dtypes)
+(the parameters are arguments, not closed-over module state, so layers add no recompiles), with
+``fullgraph=True`` (a graph break inside a GHC is an error, not a silent slowdown).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from megatron.core import tensor_parallel
+
+
+class CompiledGHCState(NamedTuple):
+    """What the compiled write needs from the compiled read."""
+
+    hidden: Tensor  # [T, n, d]  H (its dtype)
+    carry_alpha: Tensor  # [T, n, n] A_carry (dynamic) or [1, n, n] (static), coefficient dtype
+    beta_t: Tensor  # [T, n, m] Bᵀ (dynamic) or [1, n, m] (static), coefficient dtype
+
+
+def coefficient_dtype(dtype: torch.dtype, fp32: bool) -> torch.dtype:
+    """[choice] ghc_fp32_coefficients: fp32 maths for half-precision wide states."""
+    return torch.float32 if fp32 and dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def read_terms(H: Tensor, static_alpha: Tensor, static_beta: Tensor, gain: Optional[Tensor],
+               w_a: Optional[Tensor], w_b: Optional[Tensor], s_a: Optional[Tensor],
+               s_b: Optional[Tensor], eps: float, cdt: torch.dtype):
+    """H [T, n, d] -> x [T, m, d] (H's dtype), A_carry [T|1, n, n], Bᵀ [T|1, n, m] (cdt)."""
+    m, (n, d) = static_beta.shape[0], H.shape[-2:]
+    Hf = H.to(cdt)
+    alpha = static_alpha.to(cdt)[None]  # [1, n, m+n]
+    beta_t = static_beta.to(cdt).t()[None]  # [1, n, m]
+    if gain is not None:
+        rstd = torch.rsqrt(Hf.pow(2).mean(-1, keepdim=True) + eps)  # [T, n, 1]
+        w = torch.cat([w_a, w_b], dim=1).to(cdt) * gain.to(cdt)[:, None]  # [d, 2m+n]
+        t = torch.tanh(torch.matmul(Hf, w) * (rstd * (1.0 / math.sqrt(d))))  # [T, n, 2m+n]
+        alpha = s_a.to(cdt) * t[..., : m + n] + alpha  # [T, n, m+n]
+        beta_t = s_b.to(cdt).t() * t[..., m + n :] + beta_t  # [T, n, m]
+    # X[i] = Σ_j A_read[j, i] H[j]: a broadcast-sum over the n slots
+    x = (alpha[..., :m, None] * Hf[..., :, None, :]).sum(-3)  # [T, m, d]
+    return x.to(H.dtype), alpha[..., m:], beta_t
+
+
+def write_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor, bias: Optional[Tensor],
+                dropout_p: float, out_dtype: torch.dtype):
+    """z [T, m, d], H [T, n, d] -> H' [T, n, d] = Bᵀ dropout(z + bias) + A_carryᵀ H."""
+    cdt = beta_t.dtype
+    zf = z.to(cdt)
+    if bias is not None:
+        zf = zf + bias.to(cdt).view(zf.shape[-2], zf.shape[-1])
+    if dropout_p > 0.0:
+        zf = torch.nn.functional.dropout(zf, p=dropout_p, training=True)
+    depth = (beta_t[..., :, :, None] * zf[..., None, :, :]).sum(-2)  # Bᵀ Z: [T, n, d]
+    carry = (carry_alpha[..., :, :, None] * H.to(cdt)[..., :, None, :]).sum(-3)  # A_carryᵀ H
+    return (depth + carry).to(out_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(name: str):
+    """The process-wide compiled ``read_terms`` / ``write_terms`` (one per name)."""
+    fn = {"read": read_terms, "write": write_terms}[name]
+    return torch.compile(fn, fullgraph=True, dynamic=None)
+
+
+class CompiledGHCBackend:
+    """read/write through the compiled formulation above; state: ``CompiledGHCState``."""
+
+    name = "compile"
+
+    def read(self, ghc, hidden_states: Tensor) -> tuple[Tensor, CompiledGHCState]:
+        s, b, _ = hidden_states.shape
+        H = hidden_states.view(s * b, ghc.n, ghc.d)  # [T, n, d]
+        torch._dynamo.maybe_mark_dynamic(H, 0)  # any token count, one graph
+        cdt = coefficient_dtype(H.dtype, ghc.fp32)
+        get = lambda name: getattr(ghc, name, None)  # noqa: E731 - the static GHC has none
+        args = (ghc.static_alpha, ghc.static_beta, get("norm_weight"), get("dynamic_alpha_proj"),
+                get("dynamic_beta_proj"), get("dynamic_alpha_scale"), get("dynamic_beta_scale"))
+
+        def run(H):
+            return compiled("read")(H, *args, eps=float(ghc.eps), cdt=cdt)
+
+        if ghc.recompute and torch.is_grad_enabled():
+            x, carry_alpha, beta_t = tensor_parallel.checkpoint(run, False, H)
+        else:
+            x, carry_alpha, beta_t = run(H)
+        return x.view(s, b, ghc.m * ghc.d), CompiledGHCState(H, carry_alpha, beta_t)
+
+    def write(self, ghc, branch_output: Tensor, state: CompiledGHCState,
+              bias: Optional[Tensor] = None, dropout_p: float = 0.0, training: bool = True,
+              seed: Optional[Tensor] = None) -> Tensor:
+        if not 0.0 <= dropout_p <= 1.0:
+            raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+        s, b, _ = branch_output.shape
+        z = branch_output.view(s * b, ghc.m, ghc.d)  # [T, m, d]
+        torch._dynamo.maybe_mark_dynamic(z, 0)
+        p = float(dropout_p) if training else 0.0  # seed: only the Triton write keys its stream
+        out = compiled("write")(z, state.hidden, state.carry_alpha, state.beta_t, bias, p,
+                                branch_output.dtype)
+        return out.view(s, b, ghc.n * ghc.d)
