@@ -50,7 +50,7 @@ def _cmd_patches(args) -> int:
 
 
 def _pretrain_command(recipe: str, output: Optional[str], data: Optional[str],
-                      nproc: int, overrides: Sequence[str]) -> list:
+                      nproc: int, overrides: Sequence[str], fresh: bool = False) -> list:
     command = [sys.executable, "-m", "nemo_vwn.cli", "pretrain", "--recipe", recipe]
     if nproc > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -60,13 +60,15 @@ def _pretrain_command(recipe: str, output: Optional[str], data: Optional[str],
         command += ["--output", output]
     if data:
         command += ["--data", data]
+    if fresh:
+        command += ["--fresh"]
     return command + list(overrides)
 
 
 def _cmd_pretrain(args, overrides) -> int:
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return subprocess.call(_pretrain_command(args.recipe, args.output, args.data,
-                                                 args.nproc_per_node, overrides))
+                                                 args.nproc_per_node, overrides, args.fresh))
     from nemo_vwn.runtime import ensure_process_env, prepare_runtime
 
     ensure_process_env()
@@ -76,7 +78,7 @@ def _cmd_pretrain(args, overrides) -> int:
 
     output = args.output or default_output_dir(args.recipe)
     cfg = build_recipe(args.recipe, output, overrides, data_dir=args.data)
-    run_pretrain(cfg, output_dir=output, label=args.recipe)
+    run_pretrain(cfg, output_dir=output, label=args.recipe, fresh=args.fresh)
     return 0
 
 
@@ -106,7 +108,7 @@ def _cmd_compare(args, overrides) -> int:
     for recipe in (args.recipe, info.twin):
         print(f"[nemo-vwn] training {recipe} ...", flush=True)
         status = subprocess.call(_pretrain_command(recipe, os.path.join(output, recipe), data,
-                                                   args.nproc_per_node, overrides))
+                                                   args.nproc_per_node, overrides, args.fresh))
         if status != 0:
             print(f"nemo-vwn: error: training {recipe} failed (exit {status})", file=sys.stderr)
             return status
@@ -166,11 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                                   "mock data for pretrain; the stdlib corpus for compare)")
         command.add_argument("--nproc-per-node", type=int, default=1,
                              help="processes to launch with torchrun (default 1)")
+        command.add_argument("--fresh", action="store_true",
+                             help="start over: move the previous run aside (nothing is deleted) "
+                                  "instead of resuming from its newest intact checkpoint")
     compare.add_argument("--mock", action="store_true", help="use mock data instead of a corpus")
     from nemo_vwn.bridge import launch as launch_cli  # imports NeMo-Run only when launching
 
     launch_cli.add_arguments(sub.add_parser("launch", help="run a recipe through NeMo-Run "
                                                            "(local torchrun or Slurm)"))
+    from nemo_vwn.bridge.checkpoints import add_checkpoint_parser
+
+    add_checkpoint_parser(sub)
     return parser
 
 
@@ -199,6 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _cmd_patches(args)
     if args.command == "data":
         return _cmd_data(args)
+    if args.command == "checkpoint":
+        return args.handler(args)
     if args.command == "convert":
         from nemo_vwn.convert import cli as convert_cli
 
@@ -212,10 +222,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_compare(args, extra)
         return _cmd_pretrain(args, extra)
     except (KeyError, ValueError) as exc:
+        from nemo_vwn.bridge.checkpoints import CheckpointError
         from nemo_vwn.bridge.training import OverrideError
         from nemo_vwn.recipes import UnknownRecipeError
 
-        if isinstance(exc, (OverrideError, UnknownRecipeError)):
+        if isinstance(exc, (OverrideError, UnknownRecipeError, CheckpointError)):
             print(f"nemo-vwn: error: {exc}", file=sys.stderr)
             return 2
         raise
