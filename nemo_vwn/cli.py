@@ -102,7 +102,8 @@ def _report_to_parent(message: str) -> None:
 
 
 def run_training(recipe: str, output: str, data: Optional[str], nproc: int,
-                 overrides: Sequence[str], verbose: bool = False, debug: bool = False) -> None:
+                 overrides: Sequence[str], verbose: bool = False, debug: bool = False,
+                 fresh: bool = False) -> None:
     """``nemo-vwn pretrain`` of ``recipe`` in child processes (torchrun when ``nproc`` > 1).
 
     The children report errors into a temporary directory; the first one to fail (in time) is
@@ -120,7 +121,7 @@ def run_training(recipe: str, output: str, data: Optional[str], nproc: int,
         command[1:4] = ["-m", "torch.distributed.run", "--standalone",
                         f"--nproc-per-node={nproc}", "-m", "nemo_vwn.cli", "pretrain"]
     command += (["--data", data] if data else []) + (["--verbose"] if verbose else []) \
-        + (["--debug"] if debug else []) + list(overrides)
+        + (["--debug"] if debug else []) + (["--fresh"] if fresh else []) + list(overrides)
     os.makedirs(os.path.join(output, "logs"), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nemo-vwn-errors-") as errors:
         env = dict(os.environ, **{ERROR_DIR_ENV: errors})
@@ -239,7 +240,7 @@ def _cmd_pretrain(args, overrides) -> int:
     output = _output_dir(args.recipe, args.output)
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         run_training(args.recipe, output, args.data, args.nproc_per_node, overrides,
-                                verbose=args.verbose, debug=args.debug)
+                     verbose=args.verbose, debug=args.debug, fresh=args.fresh)
         return 0
     from nemo_vwn.bridge import console
 
@@ -257,7 +258,7 @@ def _cmd_pretrain(args, overrides) -> int:
     from nemo_vwn.recipes import build_recipe
 
     cfg = build_recipe(args.recipe, output, overrides, data_dir=args.data)
-    run_pretrain(cfg, output_dir=output, label=args.recipe)
+    run_pretrain(cfg, output_dir=output, label=args.recipe, fresh=args.fresh)
     if rank == 0 and console.is_routed():
         console.echo(console.summary())
     return 0
@@ -285,7 +286,7 @@ def _cmd_compare(args, overrides) -> int:
     for recipe in (args.recipe, entry.twin):
         print(f"[nemo-vwn] training {recipe} ...", flush=True)
         run_training(recipe, os.path.join(output, recipe), data, args.nproc_per_node,
-                                overrides, verbose=args.verbose, debug=args.debug)
+                     overrides, verbose=args.verbose, debug=args.debug, fresh=args.fresh)
     from nemo_vwn import results
 
     vwn = results.load_run(os.path.join(output, args.recipe), name=args.recipe)
@@ -375,6 +376,9 @@ def _training_arguments(parser) -> None:
                              "mock data for pretrain; the stdlib corpus for compare)")
     parser.add_argument("--nproc-per-node", type=int, default=1,
                         help="processes to launch with torchrun (default 1)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: move the previous run aside (nothing is deleted) "
+                             "instead of resuming from its newest intact checkpoint")
 
 
 def add_pretrain(sub) -> None:
@@ -396,7 +400,21 @@ def add_launch(sub) -> None:
                                               "Slurm)", _cmd_launch, overrides=True))
 
 
-VERBS = (add_recipes, add_data, add_pretrain, add_compare, add_convert, add_launch, add_patches)
+def _cmd_checkpoint(args, overrides) -> int:
+    from nemo_vwn.bridge import checkpoints
+
+    return checkpoints.run_checkpoint_command(args)
+
+
+def add_checkpoint(sub) -> None:
+    from nemo_vwn.bridge import checkpoints  # standard library only at import
+
+    checkpoints.add_checkpoint_parser(sub).set_defaults(handler=_cmd_checkpoint,
+                                                        takes_overrides=False)
+
+
+VERBS = (add_recipes, add_data, add_pretrain, add_compare, add_convert, add_launch,
+         add_checkpoint, add_patches)
 
 
 def build_parser() -> argparse.ArgumentParser:

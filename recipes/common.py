@@ -59,8 +59,9 @@ def cpu_pretrain_container(
     model.seq_length = seq_length
     cfg = ConfigContainer(
         model=model,
+        # exit_signal_handler: on SIGTERM (a scheduler's preemption) save, then exit.
         train=TrainingConfig(train_iters=train_iters, global_batch_size=global_batch_size,
-                             micro_batch_size=micro_batch_size),
+                             micro_batch_size=micro_batch_size, exit_signal_handler=True),
         validation=ValidationConfig(eval_interval=eval_interval, eval_iters=2),
         optimizer=OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=0.01,
                                   adam_beta1=0.9, adam_beta2=0.95, bf16=False, fp16=False,
@@ -76,8 +77,10 @@ def cpu_pretrain_container(
                                  eod_mask_loss=False, num_workers=0),
         logger=LoggerConfig(log_interval=5, tensorboard_dir=os.path.join(output_dir, "tb")),
         tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=vocab_size),
+        # load = save: a rerun resumes (nemo-vwn points load at the newest intact iteration).
         checkpoint=CheckpointConfig(save_interval=save_interval or train_iters,
                                     save=os.path.join(output_dir, "checkpoints"),
+                                    load=os.path.join(output_dir, "checkpoints"),
                                     ckpt_format="torch_dist"),
         rng=RNGConfig(seed=seed),
         dist=DistributedInitConfig(distributed_backend="gloo"),
@@ -122,7 +125,7 @@ def h100_pretrain_container(
         model=model,
         train=TrainingConfig(train_iters=train_iters, global_batch_size=global_batch_size,
                              micro_batch_size=micro_batch_size, manual_gc=True,
-                             manual_gc_interval=100),
+                             manual_gc_interval=100, exit_signal_handler=True),
         validation=ValidationConfig(eval_interval=eval_interval, eval_iters=32),
         optimizer=OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr,
                                   weight_decay=weight_decay, adam_beta1=0.9,

@@ -41,6 +41,7 @@ class ProgressRecorder:
         self._started = None
         self._window_loss = [0.0, 0]
         self._layout = None
+        self._prior = None  # an earlier run's records up to start_iteration (read on first write)
 
         @functools.wraps(forward_step)
         def wrapped(state, data_iterator, model, return_schedule_plan=False):
@@ -99,15 +100,33 @@ class ProgressRecorder:
 
     # ------------------------------------------------------------------ output
     def write(self) -> Optional[str]:
-        """Write this rank's records; returns the path (None without a record_dir)."""
+        """Write this rank's records; returns the path (None without a record_dir).
+
+        A resumed run (``start_iteration`` > 0) keeps the records of the earlier run up to that
+        iteration and appends its own. Written to a temporary file, then renamed (never torn).
+        """
         if not self.record_dir:
             return None
         os.makedirs(self.record_dir, exist_ok=True)
         path = os.path.join(self.record_dir, f"losses.rank{_rank()}.json")
-        with open(path, "w") as handle:
+        if self._prior is None:
+            self._prior = _earlier_records(path, self._start_iteration)
+        with open(path + ".tmp", "w") as handle:
             json.dump({"rank": _rank(), "parallel": self._layout or _parallel_ranks(),
-                       "train": self.train_records, "eval": self.eval_records}, handle)
+                       "train": self._prior["train"] + self.train_records,
+                       "eval": self._prior["eval"] + self.eval_records}, handle)
+        os.replace(path + ".tmp", path)
         return path
+
+
+def _earlier_records(path: str, start_iteration: int) -> dict:
+    """The records of iterations <= ``start_iteration`` in an earlier run's file (none if 0)."""
+    if start_iteration <= 0 or not os.path.exists(path):
+        return {"train": [], "eval": []}
+    with open(path) as handle:
+        data = json.load(handle)
+    return {key: [r for r in data.get(key, []) if r[0] <= start_iteration]
+            for key in ("train", "eval")}
 
 
 def _rank() -> int:

@@ -186,7 +186,7 @@ def prepare_resume(cfg, output_dir: Optional[str], fresh: bool = False) -> Resum
         ckpt.load = plan.load_dir
         ckpt.ckpt_step = None
         if plan.load_dir and not plan.finished:
-            check_compatible(cfg, plan.load_dir)
+            plan.messages += check_compatible(cfg, plan.load_dir)
     if _rank() == 0:
         for line in plan.messages:
             print(f"[nemo-vwn] {line}", flush=True)
@@ -202,16 +202,21 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_h
                 "vwn_embedding", "vwn_collapse", "mtp_num_layers")
 
 
-def check_compatible(cfg, iter_dir: str) -> None:
+def check_compatible(cfg, iter_dir: str) -> list:
     """A ``CheckpointError`` naming the fields in which ``cfg`` differs from the run that wrote
-    ``iter_dir`` (its ``run_config.yaml``), with what to do, before anything is loaded."""
+    ``iter_dir`` (its ``run_config.yaml``), with what to do, before anything is loaded.
+
+    Only ``train.train_iters`` changed (the same command, extended): megatron would stop on the
+    weight-decay step count it derives from it, so this run's schedule is used
+    (``scheduler.override_opt_param_scheduler``; the schedule fields above are equal, so the
+    learning rates are the saved run's). Returns the messages to print."""
     import yaml
 
     try:
         with open(os.path.join(iter_dir, "run_config.yaml")) as handle:
             saved = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError):
-        return  # checked by the integrity check; an unusual file is left to Bridge
+        return []  # checked by the integrity check; an unusual file is left to Bridge
     model = [f"model.{f}={saved['model'].get(f)!r} (now {getattr(cfg.model, f)!r})"
              for f in MODEL_FIELDS if f in saved.get("model", {}) and hasattr(cfg.model, f)
              and saved["model"][f] != getattr(cfg.model, f)]
@@ -221,7 +226,7 @@ def check_compatible(cfg, iter_dir: str) -> None:
                               "old run is moved aside)")
     sched = cfg.scheduler
     if sched.override_opt_param_scheduler or sched.use_checkpoint_opt_param_scheduler:
-        return
+        return []
     schedule = [f"{sec}.{f}={saved[sec].get(f)!r} (now {getattr(getattr(cfg, sec), f)!r})"
                 for sec, f in SCHEDULE_FIELDS if f in saved.get(sec, {})
                 and saved[sec][f] != getattr(getattr(cfg, sec), f)]
@@ -231,6 +236,12 @@ def check_compatible(cfg, iter_dir: str) -> None:
             " add scheduler.override_opt_param_scheduler=true to continue with the new one, "
             "scheduler.use_checkpoint_opt_param_scheduler=true to keep the saved one, or "
             "`--fresh` to start over")
+    before = saved.get("train", {}).get("train_iters")
+    if before is not None and before != cfg.train.train_iters:
+        sched.override_opt_param_scheduler = True
+        return [f"train.train_iters changed from {before} to {cfg.train.train_iters}: the "
+                "schedule of this run is used from here (same learning-rate fields)"]
+    return []
 
 
 class TrainingStopped(SystemExit):
@@ -246,6 +257,7 @@ def checkpoint_callbacks(plan: ResumePlan, recorder=None) -> list:
     class AfterSave(Callback):
         def on_checkpoint_save(self, context):
             step = int(context.state.train_state.step)
+            plan.iteration = max(plan.iteration, step)
             target = iteration_dir(plan.save_dir, step) if plan.save_dir else None
             if target and _rank() == 0 and os.path.isdir(target):
                 write_manifest(target)
@@ -258,11 +270,22 @@ def checkpoint_callbacks(plan: ResumePlan, recorder=None) -> list:
     return [AfterSave()]
 
 
+def run_until_stopped(pretrain, *args, **kwargs) -> None:
+    """``pretrain(*args, **kwargs)``; Bridge ends a run stopped by an exit signal (its checkpoint
+    saved) with ``sys.exit(0)``, which is let through here so that the caller can tell."""
+    try:
+        pretrain(*args, **kwargs)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+
+
 def raise_if_stopped(plan: ResumePlan, train_iters: int) -> None:
-    """After ``pretrain()`` returned: a ``TrainingStopped`` if it stopped short of the end."""
+    """After ``pretrain()`` returned: a ``TrainingStopped`` if it stopped short of the end
+    (``plan.iteration``: the last save, or the end of training, by ``checkpoint_callbacks``)."""
     if plan.iteration < train_iters:
         if _rank() == 0:
             print(f"[nemo-vwn] stopped at iteration {plan.iteration} of {train_iters} (exit "
-                  "signal; its checkpoint is saved): rerun the same command to resume",
+                  "signal; checkpoint saved): rerun the same command to resume",
                   flush=True)
         raise TrainingStopped(143)

@@ -52,29 +52,41 @@ def _check_override_key(cfg, key: str) -> None:
 
 
 def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
-                 forward_step=None) -> None:
+                 forward_step=None, fresh: bool = False) -> None:
     """Train ``cfg`` with Bridge's ``pretrain()`` and its GPT forward step.
 
     Progress (with ETA) is printed on rank 0; with ``output_dir`` the run is described in
     ``<output_dir>/run.json`` and every rank's losses go to ``<output_dir>/records/``.
+    Resumes from the newest intact checkpoint unless ``fresh`` (``nemo_vwn.bridge.resume``).
     """
     from megatron.bridge.training.gpt_step import forward_step as gpt_forward_step
     from megatron.bridge.training.pretrain import pretrain
 
     from nemo_vwn.bridge.progress import ProgressRecorder
+    from nemo_vwn.bridge.resume import (
+        checkpoint_callbacks,
+        prepare_resume,
+        raise_if_stopped,
+        run_until_stopped,
+    )
 
+    plan = prepare_resume(cfg, output_dir, fresh=fresh)
+    if plan.finished:
+        return
     train_iters = cfg.train.train_iters
     recorder = ProgressRecorder(
         forward_step or gpt_forward_step, train_iters,
         record_dir=os.path.join(output_dir, "records") if output_dir else None,
-        interval=max(1, train_iters // 20), label=label,
+        interval=max(1, train_iters // 20), label=label, start_iteration=plan.iteration,
     )
     if output_dir and int(os.environ.get("RANK", 0)) == 0:
         write_run_description(cfg, output_dir, label)
     try:
-        pretrain(cfg, recorder.wrapped)
+        run_until_stopped(pretrain, cfg, recorder.wrapped,
+                          callbacks=checkpoint_callbacks(plan, recorder))
     finally:
         recorder.write()
+    raise_if_stopped(plan, train_iters)
 
 
 def write_run_description(cfg, output_dir: str, label: str) -> str:
