@@ -91,7 +91,7 @@ def test_gradcheck_float64():
             assert torch.autograd.gradcheck(fn, (H, z), eps=1e-6, atol=1e-7)
 
 
-def test_bias_dropout_and_recompute():
+def test_bias_dropout_and_recompute(megatron_cpu):
     """write(z, bias) == write(z + bias); p = 1 keeps only the carried state; ghc_recompute gives
     the same gradients (the read recomputed in backward)."""
     ref, comp = make_pair(2, 4, True, seed=5)

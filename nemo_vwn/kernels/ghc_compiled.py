@@ -66,14 +66,18 @@ def read_terms(H: Tensor, static_alpha: Tensor, static_beta: Tensor, gain: Optio
 
 
 def write_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor, bias: Optional[Tensor],
-                dropout_p: float, out_dtype: torch.dtype):
-    """z [T, m, d], H [T, n, d] -> H' [T, n, d] = Bᵀ dropout(z + bias) + A_carryᵀ H."""
+                keep_scale: Optional[Tensor], out_dtype: torch.dtype):
+    """z [T, m, d], H [T, n, d] -> H' [T, n, d] = Bᵀ dropout(z + bias) + A_carryᵀ H.
+
+    ``keep_scale`` [T, m, d] is the dropout mask already scaled by 1/(1-p) (or None): drawn
+    eagerly by the caller from torch's (or megatron's tracked) RNG, so dropout replays under
+    activation recompute exactly as megatron's own bias-dropout does."""
     cdt = beta_t.dtype
     zf = z.to(cdt)
     if bias is not None:
         zf = zf + bias.to(cdt).view(zf.shape[-2], zf.shape[-1])
-    if dropout_p > 0.0:
-        zf = torch.nn.functional.dropout(zf, p=dropout_p, training=True)
+    if keep_scale is not None:
+        zf = zf * keep_scale.to(cdt)
     depth = (beta_t[..., :, :, None] * zf[..., None, :, :]).sum(-2)  # Bᵀ Z: [T, n, d]
     carry = (carry_alpha[..., :, :, None] * H.to(cdt)[..., :, None, :]).sum(-3)  # A_carryᵀ H
     return (depth + carry).to(out_dtype)
@@ -117,7 +121,9 @@ class CompiledGHCBackend:
         s, b, _ = branch_output.shape
         z = branch_output.view(s * b, ghc.m, ghc.d)  # [T, m, d]
         torch._dynamo.maybe_mark_dynamic(z, 0)
-        p = float(dropout_p) if training else 0.0  # seed: only the Triton write keys its stream
-        out = compiled("write")(z, state.hidden, state.carry_alpha, state.beta_t, bias, p,
-                                branch_output.dtype)
+        keep_scale = None  # seed: only the Triton write keys its own stream
+        if training and dropout_p > 0.0:
+            keep_scale = torch.nn.functional.dropout(torch.ones_like(z), p=float(dropout_p))
+        out = compiled("write")(z, state.hidden, state.carry_alpha, state.beta_t, bias,
+                                keep_scale, branch_output.dtype)
         return out.view(s, b, ghc.n * ghc.d)
