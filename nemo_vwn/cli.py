@@ -211,10 +211,10 @@ def _cmd_convert(args, overrides) -> int:
     from nemo_vwn.bridge import console
     from nemo_vwn.convert import cli as convert_cli
 
-    if not args.verbose:  # the report goes to stdout; upstream warnings (stderr) to a log
+    if not args.verbose:  # the report on the console; the conversion processes' output to a log
         handle, path = tempfile.mkstemp(prefix="nemo-vwn-convert-", suffix=".log")
         os.close(handle)
-        console.route_output(path, stdout=False)
+        console.route_output(path, python_stdout=False)
     status = convert_cli.run(args)
     if not args.verbose:
         line = console.summary() if os.path.getsize(path) else None

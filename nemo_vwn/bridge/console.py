@@ -87,9 +87,10 @@ class _LineRouter(io.TextIOBase):
         return False
 
 
-def route_output(path: str, label: str = "nemo-vwn", stdout: bool = True) -> None:
+def route_output(path: str, label: str = "nemo-vwn", python_stdout: bool = True) -> None:
     """Route fd 1/2 (and ``sys.stdout``/``sys.stderr``) into ``path`` (appended); idempotent.
-    ``stdout=False``: only fd 2 (warnings, logging) -- for commands that print their result."""
+    ``python_stdout=False``: this process's ``print()`` stays on the console (a command that
+    prints its result), while the processes it starts and ``sys.stderr`` go to the log."""
     if is_routed():
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -99,14 +100,22 @@ def route_output(path: str, label: str = "nemo-vwn", stdout: bool = True) -> Non
     _state["console_out"] = os.fdopen(os.dup(saved[0]), "w", buffering=1)
     _state["console_err"] = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     log = open(path, "a", buffering=1)
-    if stdout:
-        os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     _state.update(saved_fds=saved, log_path=path, label=label, log=log,
                   streams=(sys.stdout, sys.stderr))
-    if stdout:
+    if python_stdout:
         sys.stdout = _LineRouter(log)
+    elif _is_fd(_state["streams"][0], 1):  # else a capture (pytest's capsys): keep it
+        sys.stdout = _state["console_out"]
     sys.stderr = _LineRouter(log)
+
+
+def _is_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
 
 
 def restore_output() -> None:
@@ -115,12 +124,12 @@ def restore_output() -> None:
         return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    sys.stdout, sys.stderr = _state["streams"]
     out, err = _state["saved_fds"]
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.close(out)
     os.close(err)
-    sys.stdout, sys.stderr = _state["streams"]
     _state["log"].close()
     for key in ("console_out", "console_err"):
         _state[key].close()

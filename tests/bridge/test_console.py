@@ -49,3 +49,15 @@ def test_warning_counts_by_kind():
         "INFO:megatron.core.datasets:Let mock = True",
     ])
     assert console.warning_counts(text) == {"cpu_fallback": 2, "deprecation": 1, "other": 1}
+
+
+def test_python_stdout_stays_on_the_console_children_go_to_the_log(tmp_path, capfd):
+    log = tmp_path / "convert.log"
+    console.route_output(str(log), python_stdout=False)
+    try:
+        print('{"report": 1}')
+        subprocess.run([sys.executable, "-c", "print('INFO:megatron.core:loading')"])
+    finally:
+        console.restore_output()
+    assert capfd.readouterr().out == '{"report": 1}\n'
+    assert log.read_text() == "INFO:megatron.core:loading\n"
