@@ -12,6 +12,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+export PYTHON="$PY"  # check.py starts its stage processes with the same interpreter
 SITE="${GPU_CHECK_SITE:-/tmp/site}"
 smoke=0 plan=0 wheels=auto
 args=()

@@ -32,6 +32,9 @@ sys.path.insert(0, HERE)
 from gpu_plan import PROFILES, STAGES, TITLES, TOTAL_BUDGET_S  # noqa: E402
 from gpu_report import evaluate_targets, write_report  # noqa: E402
 
+# The stages' interpreter: the one scripts/gpu_check.sh ran this driver with (PYTHON may be a
+# wrapper adding interpreter flags, e.g. an isolated `python -S` imitating the GPU image).
+PYTHON = os.environ.get("PYTHON") or sys.executable
 SMOKE_DEFAULT_STAGES = tuple(s for s in STAGES if s != "bridge")  # Bridge on CPU takes minutes
 
 
@@ -112,7 +115,7 @@ def run_stage(stage: str, profile: str, out: str, timeout: float, env: dict) -> 
     for part in range(parts):
         suffix = f".part{part}" if parts > 1 else ""
         log = open(os.path.join(out, "logs", f"{stage}{suffix}.log"), "w")
-        cmd = [sys.executable, os.path.join(HERE, "stage.py"), "--stage", stage, "--profile",
+        cmd = [PYTHON, os.path.join(HERE, "stage.py"), "--stage", stage, "--profile",
                profile, "--out", out, "--part", str(part), "--parts", str(parts)]
         penv = dict(env, MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=penv,
