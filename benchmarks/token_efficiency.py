@@ -1,4 +1,4 @@
-"""Token efficiency of VWN vs its baseline (vwn-method.md section 7), on our own code. Not CI.
+"""Token efficiency of VWN vs its baseline (docs/method.md §7), on our own code. Not CI.
 
     .venv/bin/python benchmarks/token_efficiency.py --preset cpu --output runs/study
     .venv/bin/python benchmarks/token_efficiency.py --preset gpu --output runs/study_gpu   # H100/H200

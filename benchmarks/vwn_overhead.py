@@ -8,7 +8,7 @@ For each virtual-width factor r (1.5 = (2,3), 2 = (8,16), 4 = (8,32), 8 = (8,64)
 and reports, as ratios to the baseline:
 
 - parameters (wide embedding and factorized embedding);
-- forward FLOPs per token of the matmuls from the paper's formulas (vwn-method.md section 6:
+- forward FLOPs per token of the matmuls from the paper's formulas (docs/method.md §6:
   GHC = norm 4rD + dynamic coefficients 2(2m+n)rD + width 2(m+n)rD + depth 2nD, two GHCs per
   layer; ``nemo_vwn.profiling``, checked against torch's FlopCounterMode in tests/test_profiling.py);
 - activation bytes kept for backward of one forward (``saved_activation_bytes``: deterministic),

@@ -1,9 +1,9 @@
-"""Generalized Hyper-Connections (GHC) and dynamic GHC (DGHC): vwn-method.md sections 3-4.
+"""Generalized Hyper-Connections (GHC) and dynamic GHC (DGHC): docs/method.md §3-4.
 
 Legend (per token; the wide state h of width D' = n*d is viewed as H with shape (n, d)):
     A = [A_read | A_carry]   (n, m+n)   ``static_alpha`` (+ dynamic part)
     B                        (m, n)     ``static_beta``  (+ dynamic part)
-    read   (Alg. 2, eq. 1):  X = A_readᵀ H                 -> (m, d), flattened to x in R^D
+    read   (eq. 1; paper Alg. 2): X = A_readᵀ H     -> (m, d), flattened to x in R^D
     branch (eq. 2):          z = Attention(Norm(x)) | MLP(Norm(x)), viewed as Z (m, d)
     write  (eq. 3):          H' = Bᵀ Z + A_carryᵀ H         -> (n, d)
 Compact form: M = Aᵀ H (m+n, d); M[:m] is the backbone input, M[m:] the carried state.
@@ -11,7 +11,7 @@ Compact form: M = Aᵀ H (m+n, d); M[:m] is the backbone input, M[m:] the carrie
 Static init: A_read = [I_m ; 0], A_carry = I_n, B[i, j] = 1 if j mod m == i else 0, so at init slots
 0..m-1 are a plain pre-norm residual stream of width D.
 
-DGHC (section 4), from the layer input H:
+DGHC (docs/method.md §4, eq. 4-6), from the layer input H:
     Hn   = RMSNorm_d(H)                          one gain of size d shared by the n slots
     A(H) = S_A ∘ tanh(Hn W_A / sqrt(d)) + A_static      W_A (d, m+n) -> (n, m+n)
     B(H) = S_B ∘ tanh(Hn W_B / sqrt(d))ᵀ + B_static     W_B (d, m)   -> (m, n)
@@ -119,7 +119,7 @@ class GHC(MegatronModule):
                 self.dynamic_beta_scale.fill_(1.0)
         for p in self.parameters():
             setattr(p, "sequence_parallel", self.config.sequence_parallel)
-        # Weight decay (vwn-method.md section 4): none on the static A/B and the norm gain; the
+        # Weight decay (docs/method.md §4): none on the static A/B and the norm gain; the
         # scales S_A/S_B follow ghc_scale_weight_decay; the projections W_A/W_B decay.
         no_decay = [self.static_alpha, self.static_beta]
         if self.dynamic:

@@ -1,4 +1,4 @@
-"""Multi-Token Prediction with VWN (vwn-method.md section 5; DeepSeek-V3-style MTP, depth k).
+"""Multi-Token Prediction with VWN (docs/method.md §5; DeepSeek-V3-style MTP, depth k).
 
 For depth j = 1..k, with H^0 the decoder's wide state before the collapse:
 

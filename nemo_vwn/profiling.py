@@ -47,7 +47,7 @@ def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.T
 
 # ---------------------------------------------------------------------------------- FLOPs
 def ghc_flops_per_token(hidden_size: int, n: int, m: int, dynamic: bool = True) -> dict:
-    """Forward FLOPs per token of one GHC (read + write), vwn-method.md section 6 (paper Sec 3.5).
+    """Forward FLOPs per token of one GHC (read + write), docs/method.md §6 (paper Sec 3.5).
 
     With r = n/m and D = hidden_size: norm 4rD (dynamic only; not a matmul), dynamic coefficients
     2(2m+n)rD (RMSNorm_d(H) @ [W_alpha | W_beta]), width connection 2(m+n)rD (Aᵀ H) and depth

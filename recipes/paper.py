@@ -1,4 +1,4 @@
-"""The VWN paper's model configurations (arXiv 2511.11238, Sec. 5) as Megatron-Bridge recipes.
+"""The VWN paper's model configurations (arXiv 2511.11238, paper Sec 5) as Megatron-Bridge recipes.
 
 The paper names its models only by activated/total size; it does not publish layer counts, widths,
 expert counts, learning rates or batch sizes. Each configuration below therefore takes its shape
@@ -25,7 +25,7 @@ The VWN recipe is literally ``apply_vwn(<baseline twin>, n, m, ...)``, so the tw
 in VWN. The three MoE-A0.8B baselines (``_base_r2/_r4/_r8``) are the same model under three names
 (one twin per VWN run). ``_mtp``: multi-token prediction with depth k=1 (``mtp_num_layers=1``,
 the paper's "next-2-token"), loss weight 0.1 (DeepSeek-V3's early-training value; see
-vwn-method.md Sec. 5).
+docs/method.md §5).
 
 Choices the paper leaves open (marked [choice] below):
 - Embedding at r=8: ``vwn_embedding="factorized"`` (a width-D table + Linear D->D', the paper's

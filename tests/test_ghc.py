@@ -1,4 +1,4 @@
-"""GHC / DGHC against an independent per-token reference written from vwn-method.md sections 3-4."""
+"""GHC / DGHC against an independent per-token reference written from docs/method.md §3-4."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""VWN multi-token prediction against a reference written from vwn-method.md section 5."""
+"""VWN multi-token prediction against a reference written from docs/method.md §5."""
 
 import math
 

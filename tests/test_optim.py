@@ -1,4 +1,4 @@
-"""Weight-decay groups of VWN parameters (vwn-method.md section 4) with megatron's optimizers."""
+"""Weight-decay groups of VWN parameters (docs/method.md §4) with megatron's optimizers."""
 
 import os
 

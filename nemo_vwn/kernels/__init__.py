@@ -1,4 +1,4 @@
-"""GHC / DGHC backends beside the torch reference (vwn-method.md sections 3, 4, 6; docs/kernels.md).
+"""GHC / DGHC backends beside the torch reference (docs/method.md §3, §4, §6; docs/kernels.md).
 
     backend.GHCBackend            the read/write interface every backend implements
     select.build_backend(impl, n, m, reference)   the backend for ``ghc_impl``, chosen once per GHC

@@ -1,4 +1,4 @@
-"""The interface every GHC backend implements (vwn-method.md sections 3-4; docs/kernels.md).
+"""The interface every GHC backend implements (docs/method.md §3-4; docs/kernels.md).
 
 A backend is chosen once when a GHC module is built (``select.build_backend``) and holds no
 parameters: the GHC module owns them and passes itself in, so ``state_dict``, ``.to()`` and

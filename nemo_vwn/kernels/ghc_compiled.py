@@ -1,5 +1,5 @@
 """The compiled GHC backend (``ghc_impl="compile"``): torch.compile / Inductor around a formulation
-written for it (vwn-method.md sections 3, 4, 6). Inductor emits vectorised C++ on CPU and Triton on
+written for it (docs/method.md §3, §4, §6). Inductor emits vectorised C++ on CPU and Triton on
 GPU; its AOTAutograd derives and fuses the backward. No hand-written kernel.
 
 The formulation, per token (H: (n, d); u = 1/sqrt(d); W = [W_A | W_B] of shape (d, 2m+n)):

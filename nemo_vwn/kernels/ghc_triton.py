@@ -1,10 +1,10 @@
-"""Triton kernels for GHC / DGHC (vwn-method.md sections 3, 4, 6). Launched by ``ghc_autograd.py``.
+"""Triton kernels for GHC / DGHC (docs/method.md §3, §4, §6). Launched by ``ghc_autograd.py``.
 
 Per token t the wide state is H (n, d) and every kernel works on one token at a time, streaming
 over d in tiles of BLOCK_D. Slot/segment indices: j, k in [0, n) (slots), i in [0, m) (segments),
 e in [0, d) (features). Padded tile sizes: BLOCK_N >= n, BLOCK_M >= m, all >= 16 (tl.dot minimum).
 
-Coefficients (DGHC, eq. section 4), with u = 1/sqrt(d) and Q = (H ∘ g) W (one d-reduction):
+Coefficients (DGHC, docs/method.md §4, eq. 4-6), with u = 1/sqrt(d) and Q = (H ∘ g) W (one d-reduction):
     rstd_j = (mean_e H_je² + eps)^(-1/2)             Hn = RMSNorm_d(H) = (H ∘ rstd) ∘ g
     P = u · rstd ∘ Q       (= Hn W / sqrt(d))        T = tanh(P)
     A = S_A ∘ T_A + A_static   (n, m+n)              B = S_B ∘ T_Bᵀ + B_static   (m, n)

@@ -1,4 +1,4 @@
-"""Per-token next-token and MTP losses of a VWNGPTModel, written from vwn-method.md section 5.
+"""Per-token next-token and MTP losses of a VWNGPTModel, written from docs/method.md §5.
 
 The reference reuses the model's embedding, decoder layers, collapse + final norm and LM head; the
 MTP-specific parts (shifting tokens and labels, the two RMSNorms, the block-wise Linear(2d -> d)

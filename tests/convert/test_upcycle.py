@@ -1,4 +1,4 @@
-"""Upcycling keeps the baseline's function at step 0 (vwn-method.md sections 2-3)."""
+"""Upcycling keeps the baseline's function at step 0 (docs/method.md §2-3)."""
 
 import pytest
 import torch
