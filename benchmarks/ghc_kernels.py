@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nemo_vwn.ghc import GHC  # noqa: E402
 from nemo_vwn.kernels import runtime  # noqa: E402
-from nemo_vwn.testing.models import vwn_config  # noqa: E402
+from nemo_vwn.builders import vwn_config  # noqa: E402
 
 GHC_SHAPES = [(2, 3), (8, 16), (8, 32), (8, 64)]  # (m, n): r = 1.5, 2, 4, 8
 
@@ -213,23 +213,11 @@ def time_ghc(m, n, d, tokens, dtype, device, impl, reps) -> dict:
 
 # -------------------------------------------------------------------------- 3. end to end
 def model_section(device, reps, quick):
-    from nemo_vwn.testing.cpu import init_cpu_distributed
-    from nemo_vwn.testing.models import build_stock_gpt, build_vwn_gpt, stock_config
+    from nemo_vwn.builders import build_stock_gpt, build_vwn_gpt, stock_config
 
-    if device.type == "cpu":
-        init_cpu_distributed()
-    else:
-        import torch.distributed as dist
-        from megatron.core import parallel_state
+    from nemo_vwn import runtime as process_runtime
 
-        if not dist.is_initialized():
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29513")
-            dist.init_process_group("nccl", rank=0, world_size=1)
-        parallel_state.initialize_model_parallel()
-        from megatron.core import tensor_parallel
-
-        tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    process_runtime.initialize()  # gloo on CPU, NCCL on GPU; one process
     hidden, layers, seq, batch, vocab = (256, 2, 128, 2, 1024) if device.type == "cpu" else (
         2048, 4, 2048, 2, 32000)
     if quick:

@@ -52,9 +52,9 @@ def main() -> None:
                         help="only these (m,n) rows, e.g. '2,3;2,4' (default: all four)")
     args = parser.parse_args()
 
-    from nemo_vwn.testing.cpu import init_cpu_distributed
+    from nemo_vwn import runtime
 
-    init_cpu_distributed()
+    runtime.initialize()
     import torch
 
     from nemo_vwn.profiling import (
@@ -63,11 +63,11 @@ def main() -> None:
         parameter_count,
         saved_activation_bytes,
     )
-    from nemo_vwn.testing.models import (
+    from nemo_vwn.builders import (
         build_stock_gpt,
         build_vwn_gpt,
         causal_mask,
-        make_batch,
+        random_batch,
         stock_config,
         vwn_config,
     )
@@ -80,8 +80,7 @@ def main() -> None:
         shape.update(num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=args.hidden)
     if dtype == torch.bfloat16:
         shape.update(bf16=True, params_dtype=torch.bfloat16)
-    batch = [t.to(device) for t in make_batch(batch_size=args.batch, seq=args.seq,
-                                              vocab_size=args.vocab)]
+    batch = [t.to(device) for t in random_batch(args.batch, args.seq, args.vocab)]
     mask = causal_mask(args.seq).to(device)
     tokens_per_step = args.batch * args.seq
 

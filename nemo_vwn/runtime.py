@@ -6,7 +6,8 @@ Nothing here runs on import. The pieces, from the smallest up:
   run needs (no TE/apex kernels, fusions off, the allgather MoE dispatcher) -- the one copy.
 * ``free_port()``, ``ensure_process_env()``: a rendezvous for a process not started by torchrun.
 * ``prepare_runtime()``: the only place that applies ``nemo_vwn.patches`` (GPU: nothing but the
-  pipeline shapes; CPU: the CPU shim and Bridge's CPU set-up).
+  pipeline shapes; CPU: the CPU shim and Bridge's CPU set-up); ``apply_pipeline_shapes()``,
+  ``bridge_provides()`` and ``bridge_local_mtp_spec()`` for the patches applied where needed.
 * ``init_process_group()``, ``set_parallel_layout()``, ``destroy_parallel_layout()``: torch.distributed
   (gloo on CPU, NCCL on GPU) and megatron's parallel state.
 * ``initialize()`` / ``single_process()``: all of the above in one call, for a script or a notebook::
@@ -90,6 +91,22 @@ def apply_pipeline_shapes() -> None:
     from nemo_vwn.patches import pipeline_shapes
 
     pipeline_shapes.apply()
+
+
+def bridge_provides(model_class):
+    """Context manager: Bridge's ``GPTModelProvider.provide()`` builds ``model_class`` instead of
+    its hard-coded ``GPTModel`` while the block runs (``patches.bridge_provider``; scoped)."""
+    from nemo_vwn.patches.bridge_provider import gpt_model_class
+
+    return gpt_model_class(model_class)
+
+
+def bridge_local_mtp_spec():
+    """Context manager: Bridge builds its upstream MTP block from local modules while the block
+    runs (its default MTP spec needs TE; ``patches.bridge_provider``; scoped)."""
+    from nemo_vwn.patches.bridge_provider import local_mtp_block_spec
+
+    return local_mtp_block_spec()
 
 
 def allow_vwn_checkpoint_targets() -> None:

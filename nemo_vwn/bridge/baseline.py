@@ -21,8 +21,8 @@ class LocalGPTModelProvider(GPTModelProvider):
 
     def provide(self, pre_process=None, post_process=None, vp_stage=None):
         if getattr(self, "transformer_impl", None) == "local" and self.mtp_num_layers:
-            from nemo_vwn.patches.bridge_provider import local_mtp_block_spec
+            from nemo_vwn import runtime
 
-            with local_mtp_block_spec():
+            with runtime.bridge_local_mtp_spec():
                 return super().provide(pre_process, post_process, vp_stage)
         return super().provide(pre_process, post_process, vp_stage)

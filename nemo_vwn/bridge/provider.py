@@ -24,7 +24,6 @@ from nemo_vwn import runtime
 from nemo_vwn.config import VWNConfigError, VWNConfigMixin, check_tied_embeddings
 from nemo_vwn.layer_specs import HAVE_TE, get_vwn_decoder_block_spec
 from nemo_vwn.model import VWNGPTModel
-from nemo_vwn.patches.bridge_provider import gpt_model_class
 
 try:  # Bridge re-instantiates providers from checkpoint run configs only for allowed prefixes
     from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
@@ -78,7 +77,7 @@ class VWNProviderMixin:
     def provide(self, pre_process=None, post_process=None, vp_stage=None) -> VWNGPTModel:
         if self.pipeline_model_parallel_size > 1:
             runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
-        with gpt_model_class(VWNGPTModel), without_upstream_mtp_spec():
+        with runtime.bridge_provides(VWNGPTModel), without_upstream_mtp_spec():
             model = super().provide(pre_process=pre_process, post_process=post_process,
                                     vp_stage=vp_stage)
         if not isinstance(model, VWNGPTModel):
