@@ -30,9 +30,9 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before megatron/triton are imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nemo_vwn.builders import vwn_config  # noqa: E402
 from nemo_vwn.ghc import GHC  # noqa: E402
 from nemo_vwn.kernels import runtime  # noqa: E402
-from nemo_vwn.builders import vwn_config  # noqa: E402
 
 GHC_SHAPES = [(2, 3), (8, 16), (8, 32), (8, 64)]  # (m, n): r = 1.5, 2, 4, 8
 
@@ -213,9 +213,8 @@ def time_ghc(m, n, d, tokens, dtype, device, impl, reps) -> dict:
 
 # -------------------------------------------------------------------------- 3. end to end
 def model_section(device, reps, quick):
-    from nemo_vwn.builders import build_stock_gpt, build_vwn_gpt, stock_config
-
     from nemo_vwn import runtime as process_runtime
+    from nemo_vwn.builders import build_stock_gpt, build_vwn_gpt, stock_config
 
     process_runtime.initialize()  # gloo on CPU, NCCL on GPU; one process
     hidden, layers, seq, batch, vocab = (256, 2, 128, 2, 1024) if device.type == "cpu" else (

@@ -57,12 +57,6 @@ def main() -> None:
     runtime.initialize()
     import torch
 
-    from nemo_vwn.profiling import (
-        backbone_flops_per_token,
-        ghc_flops_per_token,
-        parameter_count,
-        saved_activation_bytes,
-    )
     from nemo_vwn.builders import (
         build_stock_gpt,
         build_vwn_gpt,
@@ -70,6 +64,12 @@ def main() -> None:
         random_batch,
         stock_config,
         vwn_config,
+    )
+    from nemo_vwn.profiling import (
+        backbone_flops_per_token,
+        ghc_flops_per_token,
+        parameter_count,
+        saved_activation_bytes,
     )
 
     device = torch.device(args.device)

@@ -21,9 +21,8 @@ and it lives on the pipeline stage that holds the final norm, as upstream places
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
 
 from nemo_vwn.ghc import NO_WEIGHT_DECAY_ATTR
 

@@ -11,6 +11,7 @@ parent with that rank's traceback.
 from __future__ import annotations
 
 import importlib
+import multiprocessing as mp
 import os
 import pickle
 import sys
@@ -18,8 +19,6 @@ import tempfile
 import time
 import traceback
 from typing import Any, Optional, Sequence
-
-import multiprocessing as mp
 
 from nemo_vwn.runtime import free_port
 

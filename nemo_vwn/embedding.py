@@ -22,9 +22,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import Tensor
-
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+from torch import Tensor
 
 
 def _config_with_width(config, width: int):

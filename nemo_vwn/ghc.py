@@ -38,10 +38,9 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor
-
 from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
 
 from nemo_vwn.kernels import build_backend
 

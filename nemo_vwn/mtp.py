@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
-
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.multi_token_prediction import roll_tensor
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from torch import Tensor
 
 from nemo_vwn.norms import SequenceParallelTorchNorm
 

@@ -18,7 +18,6 @@ norm module that megatron's local spec does not provide):
 from __future__ import annotations
 
 import torch
-
 from megatron.core.models.hybrid.hybrid_block import HybridStack
 
 NORMS = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}

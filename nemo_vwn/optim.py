@@ -14,8 +14,12 @@ biases), so grouping works with every megatron optimizer, the distributed optimi
 
 from __future__ import annotations
 
-from megatron.core.optimizer import OptimizerConfig, ParamKey, get_megatron_optimizer
-from megatron.core.optimizer import get_standard_config_overrides
+from megatron.core.optimizer import (
+    OptimizerConfig,
+    ParamKey,
+    get_megatron_optimizer,
+    get_standard_config_overrides,
+)
 
 from nemo_vwn.ghc import NO_WEIGHT_DECAY_ATTR
 

@@ -1,6 +1,5 @@
 """VWNHybridModel (megatron's HybridModel layer patterns): identity, init property, wrappers."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -70,10 +69,10 @@ def test_hybrid_init_slots_evolve_like_the_stock_residual_stream(megatron_cpu):
 def test_mamba_wrapper_with_a_stand_in_mixer(megatron_cpu):
     """VWNMambaLayer (GHC around the mixer) with a CPU stand-in mixer: n == m reproduces the stock
     MambaLayer, n > m reads slots 0..m-1 and writes the branch into every slot j = i (mod m)."""
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.ssm.mamba_layer import MambaLayer, MambaLayerSubmodules
     from megatron.core.transformer.spec_utils import ModuleSpec, build_module
-    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
     from nemo_vwn.layer_specs import to_vwn_layer_spec
     from nemo_vwn.norms import SequenceParallelTorchNorm

@@ -162,10 +162,11 @@ def test_tiny_vwn_moe_trains(megatron_cpu):
 
 
 def test_context_parallel_needs_a_context_parallel_attention(megatron_cpu):
+    from unittest import mock
+
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     from nemo_vwn import VWNConfigError
-    from unittest import mock
 
     config = vwn_config(n=4, m=2, context_parallel_size=2)
     with mock.patch.object(GPTModel, "__init__", side_effect=AssertionError("allocated")):

@@ -3,7 +3,6 @@
 import os
 
 import pytest
-import torch
 
 from nemo_vwn.distributed import run_distributed
 from nemo_vwn.testing.models import build_vwn_gpt, vwn_config

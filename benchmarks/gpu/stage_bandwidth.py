@@ -12,9 +12,9 @@ from __future__ import annotations
 
 def _time_backend(m, n, d, tokens, dtype, device, impl, warmup, reps):
     import torch
+    from gpu_common import ghc_config, time_fn
 
     from nemo_vwn.ghc import GHC
-    from gpu_common import ghc_config, time_fn
 
     ghc = GHC(ghc_config(m, n, d, impl), layer_number=1).to(device)
     gen = torch.Generator().manual_seed(0)
@@ -40,7 +40,6 @@ def _time_backend(m, n, d, tokens, dtype, device, impl, warmup, reps):
 
 def run(rec, cfg: dict, device: str, part: int = 0, parts: int = 1) -> None:
     import torch
-
     from gpu_common import backends, copy_bandwidth, dtype_of, ghc_ideal_bytes
 
     dtype = dtype_of(cfg["dtype"])

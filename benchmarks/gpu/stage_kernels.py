@@ -28,9 +28,9 @@ def cases(cfg: dict) -> list[dict]:
 
 def _pair(case, device):
     import torch
+    from gpu_common import ghc_config
 
     from nemo_vwn.ghc import GHC
-    from gpu_common import ghc_config
 
     m, n, d, dyn = case["m"], case["n"], case["d"], case["dynamic"]
     ref = GHC(ghc_config(m, n, d, "torch", dynamic=dyn), layer_number=1)
@@ -56,7 +56,6 @@ def _inputs(case):
 
 def _run(ghc, inputs, dtype, device):
     """read -> branch -> write -> backward; float64 CPU copies of x, out, dH and the grads."""
-    import torch
 
     H = inputs["H"].to(device, dtype).detach().requires_grad_(True)
     x, state = ghc.read(H)
@@ -82,7 +81,6 @@ def _rel(a, b) -> float:
 
 def run(rec, cfg: dict, device: str, part: int = 0, parts: int = 1) -> None:
     import torch
-
     from gpu_common import dtype_of
 
     mine = [c for i, c in enumerate(cases(cfg)) if i % parts == part]

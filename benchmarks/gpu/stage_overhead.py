@@ -21,7 +21,6 @@ def _step(model, batch, mask):
 
 def _timed_step(model, batch, mask, device):
     import torch
-
     from gpu_common import synchronize
 
     synchronize(device)
@@ -40,7 +39,6 @@ def _timed_step(model, batch, mask, device):
 
 def run(rec, cfg: dict, device: str, part: int = 0, parts: int = 1) -> None:
     import torch
-
     from gpu_common import (
         backends,
         build_gpt,

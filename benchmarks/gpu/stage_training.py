@@ -30,7 +30,6 @@ def _batches(steps, batch, seq, vocab, device):
 
 def _train(model, batches, seq, lr, device):
     import torch
-
     from gpu_common import causal_mask
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -58,7 +57,6 @@ def run(rec, cfg: dict, device: str, part: int = 0, parts: int = 1) -> None:
     import math
 
     import torch
-
     from gpu_common import build_gpt, gpt_config, model_settings
 
     shape = dict(num_layers=cfg["layers"], hidden_size=cfg["hidden"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 CHECKPOINT_HELP = "a checkpoints/ directory (its latest iteration) or an iter_* dir"
 
 

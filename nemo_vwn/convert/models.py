@@ -86,7 +86,7 @@ def runtime_overrides(provider) -> dict:
     if getattr(provider, "moe_token_dispatcher_type", None) == "flex":
         overrides["moe_token_dispatcher_type"] = "allgather"
     if not torch.cuda.is_available():
-        from nemo_vwn.runtime import CPU_MOE_SETTINGS, CPU_MODEL_SETTINGS
+        from nemo_vwn.runtime import CPU_MODEL_SETTINGS, CPU_MOE_SETTINGS
 
         overrides.update(CPU_MODEL_SETTINGS, fp8=None, fp8_param=False)
         if provider.num_moe_experts:

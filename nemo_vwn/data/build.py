@@ -163,7 +163,8 @@ def build_dataset(
         DataError (``CorpusError``, ``OutputExistsError``, ``VerificationError``): bad input or a
             failed read-back; nothing is left at ``output_dir`` in that case.
     """
-    from nemo_vwn.data import indexed, tokenizer as tok
+    from nemo_vwn.data import indexed
+    from nemo_vwn.data import tokenizer as tok
 
     start = time.perf_counter()
     say = log or (lambda message: None)

@@ -28,9 +28,8 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor
-
 from megatron.core import tensor_parallel
+from torch import Tensor
 
 
 class CompiledGHCState(NamedTuple):

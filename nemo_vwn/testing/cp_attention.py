@@ -20,9 +20,8 @@ import math
 from typing import Optional
 
 import torch
-from torch import Tensor
-
 from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
 
 
 def zigzag_positions(local_len: int, cp_rank: int, cp_size: int) -> Tensor:

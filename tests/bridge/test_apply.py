@@ -230,8 +230,8 @@ def test_block_spec_recipe_with_dense_first_layer_and_mtp(megatron_cpu):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
     from nemo_vwn.bridge import apply_vwn
-    from nemo_vwn.runtime import CPU_MOE_SETTINGS
     from nemo_vwn.recipes.tiny import tiny_moe_cpu
+    from nemo_vwn.runtime import CPU_MOE_SETTINGS
 
     base = tiny_moe_cpu()
     base.model = GPTModelProvider(

@@ -262,10 +262,9 @@ def test_recipes_cli_lists_sizes(capsys):
 
 def test_our_recipes_are_apply_vwn_of_their_twins(tmp_path):
     """Applying VWN to a baseline twin gives its VWN recipe's model, field for field."""
-    from tests.bridge.test_apply import _same, container_differences
-
     from nemo_vwn.bridge import apply_vwn
     from nemo_vwn.recipes import all_recipes
+    from tests.bridge.test_apply import _same, container_differences
 
     for vwn_name, base_name, kwargs in [
         ("tiny_vwn_moe_cpu", "tiny_moe_cpu", dict(n=4, m=2)),

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 
-
 SCRIPT = r"""
 import sys
 
