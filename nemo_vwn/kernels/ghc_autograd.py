@@ -29,6 +29,7 @@ import triton
 from torch import Tensor
 
 from nemo_vwn.kernels import ghc_triton as K
+from nemo_vwn.kernels import ghc_triton_bwd as KB
 
 PRECISION = "ieee"  # fp32 tl.dot: exact fp32 products (TF32 would cost ~3 decimal digits)
 BLOCK_D_MAX = 64  # tile width over d (tests lower it to exercise several tiles + a remainder)
@@ -86,7 +87,7 @@ def _proj_grad(h: Tensor, dps: Tensor, meta: _Meta, cols: int) -> Tensor:
     d_blocks = triton.cdiv(meta.d, block_d)
     progs = _programs(tokens, h.device, share=d_blocks)
     part = torch.empty(progs, meta.d, cols, device=h.device, dtype=torch.float32)
-    K.ghc_gain_proj_grad_kernel[(d_blocks, progs)](
+    KB.ghc_gain_proj_grad_kernel[(d_blocks, progs)](
         h, dps, part, tokens, meta.n, meta.d, cols,
         BLOCK_N=meta.block_n, BLOCK_D=block_d, BLOCK_C=_pow2(cols), PRECISION=PRECISION,
         num_warps=4,
@@ -135,7 +136,7 @@ class GHCReadFunction(torch.autograd.Function):
         part = torch.zeros(progs, 2, n, m, device=h.device, dtype=torch.float32)
         dps = (torch.empty(tokens, n, m, device=h.device, dtype=torch.float32)
                if meta.dynamic else part)  # part: never written when static
-        K.ghc_read_bwd_kernel[(progs,)](
+        KB.ghc_read_bwd_kernel[(progs,)](
             dx, dhw, h, dh, dps, part,
             alpha, gain if meta.dynamic else alpha, w_a if meta.dynamic else alpha,
             s_a if meta.dynamic else alpha,
@@ -196,7 +197,7 @@ class GHCWriteFunction(torch.autograd.Function):
         part = torch.zeros(progs, 2, n, cols, device=h.device, dtype=torch.float32)
         dps = (torch.empty(tokens, n, cols, device=h.device, dtype=torch.float32)
                if meta.dynamic else part)  # part: never written when static
-        K.ghc_write_bwd_kernel[(progs,)](
+        KB.ghc_write_bwd_kernel[(progs,)](
             dout, y, bias if bias is not None else y, seed if dropout else y, h,
             dy, dh_w, dps, part,
             *_write_params(meta, alpha, beta, gain, w_a, w_b, s_a, s_b),
