@@ -64,6 +64,7 @@ def test_error_is_a_value_error():
 def test_tied_wide_embedding_rejected_before_any_allocation(megatron_cpu):
     from megatron.core.models.gpt.gpt_model import GPTModel
 
+    import nemo_vwn.model  # noqa: F401  (imported before the mock: it reads GPTModel's signature)
     from nemo_vwn.testing.models import build_vwn_gpt
 
     config = cfg(virtual_width_m=2, virtual_width_n=4)
