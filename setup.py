@@ -13,7 +13,8 @@ from setuptools import setup
 setup(
     name="nemo-vwn",
     version="0.1.0",
-    description="Virtual Width Networks (GHC/DGHC, wide embedding, collapse) for Megatron-core and NeMo",
+    description=("Virtual Width Networks (GHC/DGHC, wide embedding, collapse) "
+                 "for Megatron-core and NeMo"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.12",

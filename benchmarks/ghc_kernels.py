@@ -182,7 +182,8 @@ def kernel_section(device, dtype, tokens, d, reps, shapes, peak):
                 gbs = ideal[op] / sec / 1e9
                 ratio = base[op] / sec if base.get(op) else float("nan")
                 results.append(dict(m=m, n=n, op=op, impl=impl, ms=sec * 1e3, gbs=gbs))
-                print(f"{str((m, n)):>8} {op:>10} {impl:>8} {sec * 1e3:>10.3f} {fastest * 1e3:>9.3f} "
+                print(f"{str((m, n)):>8} {op:>10} {impl:>8} {sec * 1e3:>10.3f} "
+                      f"{fastest * 1e3:>9.3f} "
                       f"{ideal[op] / 1e6:>9.2f} {gbs:>8.2f} {100 * gbs * 1e9 / peak:>6.1f}% "
                       f"{ratio:>8.2f}x")
     return results
@@ -232,7 +233,8 @@ def model_section(device, reps, quick):
     print(f"\n## 3. End to end: GPT, hidden {hidden}, {layers} layers, seq {seq}, batch {batch}, "
           f"fwd+bwd step")
     if device.type != "cuda":
-        print("   No GPU: no peak-memory numbers (CPU has no allocator peak; saved-activation bytes "
+        print("   No GPU: no peak-memory numbers (CPU has no allocator peak; "
+              "saved-activation bytes "
               "stand in) and ghc_impl='triton' is NOT timed (interpreter): its row is the saved "
               "bytes of one forward only.")
     print(f"{'model':>16} {'ghc':>7} {'step ms':>9} {'x base':>7} {'saved MB':>9} {'x base':>7} "

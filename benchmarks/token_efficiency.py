@@ -1,12 +1,15 @@
 """Token efficiency of VWN vs its baseline (docs/method.md §7), on our own code. Not CI.
 
     .venv/bin/python benchmarks/token_efficiency.py --preset cpu --output runs/study
-    .venv/bin/python benchmarks/token_efficiency.py --preset gpu --output runs/study_gpu   # H100/H200
-    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact --data runs/study/data \
-        --embedding factorized --only baseline vwn_r4 vwn_r8      # the VWN runs without a wide table
-    (``--embedding-up-init normal`` for the up-projection init init_method instead of N(0, 1/D))
-    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_ctrl --data runs/study/data \
-        --factors 1 --no-mtp --vwn-set model.vwn_collapse=none   # controls: VWN machinery at r = 1
+    .venv/bin/python benchmarks/token_efficiency.py --preset gpu \
+        --output runs/study_gpu   # H100/H200
+    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_fact \
+        --data runs/study/data --embedding factorized --only baseline vwn_r4 vwn_r8
+        # the VWN runs without a wide table
+    (``--embedding-up-init normal`` for the up-projection init init_method, not N(0, 1/D))
+    .venv/bin/python benchmarks/token_efficiency.py --output runs/study_ctrl \
+        --data runs/study/data --factors 1 --no-mtp --vwn-set model.vwn_collapse=none
+        # controls: VWN machinery at r = 1
 
 Trains, through ``nemo-vwn pretrain`` (Megatron-Bridge ``pretrain()``) on the local corpus of
 ``nemo-vwn data`` (Python's standard library, local BPE), with the same backbone, data order, tokens
@@ -58,7 +61,8 @@ def variants(preset: dict, embedding: str = "wide", up_init: str = "scaled", fac
     ``vwn_set`` are extra overrides of the VWN runs only (the baselines lack VWN fields)."""
     for r in factors:
         if r < 1 or (r != 1.5 and r != int(r)):
-            raise ValueError(f"--factors: r={r:g} is not supported; allowed: 1, 1.5 or an integer >= 2")
+            raise ValueError(f"--factors: r={r:g} is not supported; "
+                             "allowed: 1, 1.5 or an integer >= 2")
     bad = [item for item in vwn_set if not item.startswith("model.") or "=" not in item]
     if bad:
         raise ValueError(f"--vwn-set takes model.KEY=VALUE items, got {bad}")
@@ -88,7 +92,8 @@ def is_baseline(name: str) -> bool:
 
 def run_one(name, recipe, overrides, out, data, user_overrides, nproc):
     records = os.path.join(out, "records")
-    if os.path.isdir(records) and os.listdir(records) and os.path.exists(os.path.join(out, "eval.json")):
+    if (os.path.isdir(records) and os.listdir(records)
+            and os.path.exists(os.path.join(out, "eval.json"))):
         print(f"[study] {name}: reusing {out}", flush=True)
         return
     command = [sys.executable, "-m", "nemo_vwn.cli", "pretrain", "--recipe", recipe, "--data", data,
@@ -198,7 +203,8 @@ def write_report(root, table, fits, curves, window, args):
             xs = [0, 3]
             ax.plot(xs, [fit["slope"] * x + fit["intercept"] for x in xs], "--",
                     color=line.get_color(),
-                    label=f"fit {fit['slope']:+.4f}*log2(r) {fit['intercept']:+.4f} (R2 {fit['r2']:.3f})")
+                    label=f"fit {fit['slope']:+.4f}*log2(r) {fit['intercept']:+.4f} "
+                          f"(R2 {fit['r2']:.3f})")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("log2(r)")
     ax.set_ylabel("validation loss delta vs baseline")
@@ -217,15 +223,16 @@ def write_report(root, table, fits, curves, window, args):
              f"Python {platform.python_version()}  ",
              f"Versions: {_versions()}", "",
              "| variant | r | MTP | params total / activated | final train loss | val next-token "
-             "| val next-2-token | delta next-token | delta next-2-token | tokens | tokens to reach "
-             "baseline | ratio | wall s |", "|" + "---|" * 13]
+             "| val next-2-token | delta next-token | delta next-2-token | tokens "
+             "| tokens to reach baseline | ratio | wall s |", "|" + "---|" * 13]
     for t in table:
+        reach = t["tokens_to_reach_baseline"]
         lines.append(
             f"| {t['variant']} | {t['r']:g} | {'yes' if t['mtp'] else 'no'} | "
             f"{t['params_total'] / 1e6:.2f}M / {t['params_activated'] / 1e6:.2f}M | "
             f"{f(t['final_train_loss'])} | {f(t['val_next_token'])} | {f(t['val_next_2_token'])} | "
             f"{f(t['delta_val_next_token'], '+.4f')} | {f(t['delta_val_next_2_token'], '+.4f')} | "
-            f"{t['tokens']:,} | {'-' if t['tokens_to_reach_baseline'] is None else format(t['tokens_to_reach_baseline'], ',')} | "
+            f"{t['tokens']:,} | {'-' if reach is None else format(reach, ',')} | "
             f"{f(t['token_ratio'], '.2f')} | {f(t['wall_seconds'], '.0f')} |")
     lines += ["", f"Training losses are smoothed over {window} logged iterations. 'tokens to reach "
               "baseline': the first token count at which the smoothed training loss is at or below "
@@ -275,7 +282,8 @@ def main():
                              "1 = n = m, a control)")
     parser.add_argument("--no-mtp", action="store_true", help="skip the MTP half of the study")
     parser.add_argument("--vwn-set", nargs="+", default=[], metavar="model.KEY=VALUE",
-                        help="overrides of the VWN runs only, e.g. model.vwn_collapse_init=identity")
+                        help="overrides of the VWN runs only, "
+                             "e.g. model.vwn_collapse_init=identity")
     args, user_overrides = parser.parse_known_args()
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]

@@ -10,7 +10,8 @@ and reports, as ratios to the baseline:
 - parameters (wide embedding and factorized embedding);
 - forward FLOPs per token of the matmuls from the paper's formulas (docs/method.md §6:
   GHC = norm 4rD + dynamic coefficients 2(2m+n)rD + width 2(m+n)rD + depth 2nD, two GHCs per
-  layer; ``nemo_vwn.profiling``, checked against torch's FlopCounterMode in tests/test_profiling.py);
+  layer; ``nemo_vwn.profiling``, checked against torch's FlopCounterMode in
+  tests/test_profiling.py);
 - activation bytes kept for backward of one forward (``saved_activation_bytes``: deterministic),
   GHC recompute off and on;
 - step time (forward + backward, median of ``--steps`` after a warm-up, baseline and VWN steps
@@ -121,7 +122,8 @@ def main() -> None:
     torch.manual_seed(0)
     base_config = stock_config(moe=args.moe, **shape)
     base = build_stock_gpt(base_config, **build).to(device)
-    base_params, base_act = parameter_count(base), saved_activation_bytes(base, lambda: forward(base))
+    base_params = parameter_count(base)
+    base_act = saved_activation_bytes(base, lambda: forward(base))
     base_peak = peak_bytes(base)
     layer_flops = backbone_flops_per_token(base_config, args.seq)
     head_flops = 2 * args.hidden * args.vocab

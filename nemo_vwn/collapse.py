@@ -93,7 +93,8 @@ class VWNOutputNorm(MegatronModule):
         self.eps = eps
         self.normalization = config.normalization
         if self.normalization not in ("RMSNorm", "LayerNorm"):
-            raise ValueError(f"VWN final norm supports RMSNorm or LayerNorm, got {self.normalization}")
+            raise ValueError(
+                f"VWN final norm supports RMSNorm or LayerNorm, got {self.normalization}")
         self.zero_centered_gamma = config.layernorm_zero_centered_gamma
         self.collapse = VWNCollapse(config) if config.vwn_collapse != "none" else None
         # The final norm's parameters, under the stock names.

@@ -152,7 +152,8 @@ class VWNConfigMixin:
             )
         if self.vwn_collapse == "norm_linear" and n % m != 0:
             raise VWNConfigError(
-                f"vwn_collapse='norm_linear' normalises r groups of width D, which needs an integer "
+                f"vwn_collapse='norm_linear' normalises r groups of width D, "
+                f"which needs an integer "
                 f"r = n/m; (m, n) = ({m}, {n}) gives r = {n / m:.3g}. Use vwn_collapse='linear' "
                 "(the plain linear collapse, as the paper did for its 1.5x runs)"
             )
@@ -171,7 +172,9 @@ class VWNConfigMixin:
             raise VWNConfigError("VWN does not support: " + "; ".join(unsupported))
 
 
-def check_tied_embeddings(config: VWNConfigMixin, share_embeddings_and_output_weights: bool) -> None:
+def check_tied_embeddings(
+    config: VWNConfigMixin, share_embeddings_and_output_weights: bool
+) -> None:
     """A wide (D'-wide) embedding table cannot be the LM head's (D-wide) weight."""
     if (
         share_embeddings_and_output_weights
@@ -180,7 +183,8 @@ def check_tied_embeddings(config: VWNConfigMixin, share_embeddings_and_output_we
     ):
         raise VWNConfigError(
             "share_embeddings_and_output_weights=True is impossible with vwn_embedding='wide' "
-            f"(table width D'={config.virtual_hidden_size} != LM head width D={config.hidden_size}); "
+            f"(table width D'={config.virtual_hidden_size} "
+            f"!= LM head width D={config.hidden_size}); "
             "set share_embeddings_and_output_weights=False or vwn_embedding='factorized'"
         )
 

@@ -75,14 +75,18 @@ def run_distributed(
     sys_path: Optional[Sequence[str]] = None,
     timeout: float = 900.0,
 ) -> list[Any]:
-    """Run ``target(rank=, world_size=, **kwargs)`` on ``world_size`` processes; return per-rank values."""
+    """Run ``target(rank=, world_size=, **kwargs)`` on ``world_size`` processes.
+
+    Returns the per-rank values.
+    """
     kwargs = dict(kwargs or {})
     sys_path = list(sys_path) if sys_path is not None else [os.getcwd()]
     port = free_port()
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="nemo_vwn_dist_") as out_dir:
         procs = [
-            ctx.Process(target=_child, args=(rank, world_size, target, kwargs, port, out_dir, sys_path))
+            ctx.Process(target=_child,
+                        args=(rank, world_size, target, kwargs, port, out_dir, sys_path))
             for rank in range(world_size)
         ]
         for proc in procs:

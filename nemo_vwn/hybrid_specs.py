@@ -33,7 +33,9 @@ _LAYER_FIELDS = ("mamba_layer", "gdn_layer", "attention_layer", "dsa_layer", "ml
                  "mlp_layer", "moe_layer")
 
 
-def local_hybrid_stack_spec(normalization: str = "RMSNorm", qk_layernorm: bool = False) -> ModuleSpec:
+def local_hybrid_stack_spec(
+    normalization: str = "RMSNorm", qk_layernorm: bool = False
+) -> ModuleSpec:
     """A stock hybrid stack from megatron's local modules: attention, MLP and MoE layers."""
     dense = get_gpt_layer_local_submodules(normalization=normalization, qk_layernorm=qk_layernorm)
     moe = get_gpt_layer_local_submodules(num_experts=1, normalization=normalization)

@@ -90,7 +90,8 @@ class VWNGPTModel(VWNLanguageModelMixin, GPTModel):
         check_tied_embeddings(config, arguments["share_embeddings_and_output_weights"])
         if config.pipeline_model_parallel_size > 1:
             runtime.apply_pipeline_shapes()  # stage boundaries carry the wide state
-        block_spec = as_vwn_block_spec(transformer_layer_spec, config, vp_stage=arguments["vp_stage"])
+        block_spec = as_vwn_block_spec(transformer_layer_spec, config,
+                                       vp_stage=arguments["vp_stage"])
         _check_context_parallel_attention(block_spec, config)
         arguments["transformer_layer_spec"] = block_spec
         arguments["mtp_block_spec"] = None  # VWN builds its own MTP block (below)
@@ -119,7 +120,8 @@ class VWNGPTModel(VWNLanguageModelMixin, GPTModel):
 
     # ------------------------------------------------------------------ multi-token prediction
     def _runs_vwn_mtp(self) -> bool:
-        return bool(self.config.mtp_num_layers) and self.mtp_process and not InferenceMode.is_active()
+        return (bool(self.config.mtp_num_layers) and self.mtp_process
+                and not InferenceMode.is_active())
 
     def forward(self, *args, **kwargs):
         """GPTModel.forward; with MTP the decoder also returns the last layer's wide state."""

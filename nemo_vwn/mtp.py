@@ -54,7 +54,10 @@ class BlockwiseMixer(MegatronModule):
 
 
 class VWNMultiTokenPredictionLayer(MegatronModule):
-    """One MTP depth: norms, block-wise mixer, a GHC-wrapped transformer layer (wide in, wide out)."""
+    """One MTP depth: norms, block-wise mixer, a GHC-wrapped transformer layer.
+
+    Wide in, wide out.
+    """
 
     def __init__(self, config, layer_spec: ModuleSpec, depth: int, vp_stage=None,
                  pg_collection=None):

@@ -49,5 +49,6 @@ def weight_decay_by_name(optimizer) -> dict:
         for group in opt.optimizer.param_groups:
             params = group.get("orig_params") or group["params"]
             for param in params:
-                result[names.get(id(param), f"<unnamed {tuple(param.shape)}>")] = group["weight_decay"]
+                key = names.get(id(param), f"<unnamed {tuple(param.shape)}>")
+                result[key] = group["weight_decay"]
     return result

@@ -1,4 +1,6 @@
-"""Process set-up for megatron-core / Megatron-Bridge, shared by the library, CLI, benchmarks and tests.
+"""Process set-up for megatron-core / Megatron-Bridge.
+
+Shared by the library, CLI, benchmarks and tests.
 
 Nothing here runs on import. The pieces, from the smallest up:
 
@@ -8,9 +10,10 @@ Nothing here runs on import. The pieces, from the smallest up:
 * ``prepare_runtime()``: the only place that applies ``nemo_vwn.patches`` (GPU: nothing but the
   pipeline shapes; CPU: the CPU shim and Bridge's CPU set-up); ``apply_pipeline_shapes()``,
   ``bridge_provides()`` and ``bridge_local_mtp_spec()`` for the patches applied where needed.
-* ``init_process_group()``, ``set_parallel_layout()``, ``destroy_parallel_layout()``: torch.distributed
-  (gloo on CPU, NCCL on GPU) and megatron's parallel state.
-* ``initialize()`` / ``single_process()``: all of the above in one call, for a script or a notebook::
+* ``init_process_group()``, ``set_parallel_layout()``, ``destroy_parallel_layout()``:
+  torch.distributed (gloo on CPU, NCCL on GPU) and megatron's parallel state.
+* ``initialize()`` / ``single_process()``: all of the above in one call, for a script or a
+  notebook::
 
       from nemo_vwn import runtime
       runtime.initialize()          # 1 process; CPU or GPU; safe to call twice

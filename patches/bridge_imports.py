@@ -22,7 +22,8 @@ import types
 from nemo_vwn.patches import versions
 
 REASON = (
-    "megatron-bridge imports transformer_engine and nvidia_resiliency_ext unguarded; import it with "
+    "megatron-bridge imports transformer_engine and nvidia_resiliency_ext unguarded; "
+    "import it with "
     "placeholders when they are absent (CPU machines), without making megatron-core think TE exists"
 )
 APPLIES_TO = {"megatron-bridge": ">=0.6,<0.7", "megatron-core": ">=0.19,<0.20"}
@@ -43,7 +44,10 @@ _state = {"applied": False, "placeholders_used": ()}
 
 
 class _MissingMeta(type):
-    """Attribute access on a placeholder class yields another placeholder (``te.ops.Sequential``)."""
+    """Attribute access on a placeholder class yields another placeholder.
+
+    E.g. ``te.ops.Sequential``.
+    """
 
     def __getattr__(cls, attr):
         if attr.startswith("__"):
@@ -175,7 +179,8 @@ def _apply(missing) -> None:
             if name.startswith("megatron.core") and getattr(sys.modules[name], "HAVE_TE", False)
         ]
         if fooled:
-            raise RuntimeError(f"placeholder transformer_engine leaked into megatron-core: {fooled}")
+            raise RuntimeError(
+                f"placeholder transformer_engine leaked into megatron-core: {fooled}")
     else:
         for name in BRIDGE_MODULES:
             importlib.import_module(name)

@@ -90,7 +90,10 @@ def _random_factories() -> set:
 
 
 class CudaToCpuMode(TorchFunctionMode):
-    """Maps CUDA placement onto the CPU and routes device-side randomness to the emulated CUDA RNG."""
+    """Maps CUDA placement onto the CPU.
+
+    Device-side randomness is routed to the emulated CUDA RNG.
+    """
 
     def __init__(self):
         super().__init__()
@@ -114,7 +117,9 @@ class CudaToCpuMode(TorchFunctionMode):
             args = (args[0], _CPU) + tuple(args[2:])
         elif func is torch.Tensor.type and len(args) == 1 and not kwargs:
             name = func(*args)
-            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+            if name.startswith("torch.cuda."):
+                return name
+            return name.replace("torch.", "torch.cuda.", 1)
         elif func is torch.Tensor.is_pinned:
             return False
 
@@ -179,7 +184,10 @@ class _FakeEvent:
 
 
 def _noop(name: str):
-    """A distinct do-nothing function per name (torch._dynamo rejects one object under two names)."""
+    """A distinct do-nothing function per name.
+
+    torch._dynamo rejects one object under two names.
+    """
 
     def fn(*args, **kwargs):
         return None

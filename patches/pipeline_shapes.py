@@ -46,7 +46,8 @@ class StageBoundaryConfigView:
         setattr(self._config, name, value)
 
     def __repr__(self) -> str:
-        return f"StageBoundaryConfigView({type(self._config).__name__}, hidden_size={self.hidden_size})"
+        return (f"StageBoundaryConfigView({type(self._config).__name__}, "
+                f"hidden_size={self.hidden_size})")
 
 
 def _is_vwn(config) -> bool:

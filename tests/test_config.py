@@ -32,22 +32,32 @@ INVALID = [
     (dict(virtual_width_n=2), r"virtual_width_m must be set"),
     (dict(virtual_width_m=0, virtual_width_n=2), r"virtual_width_m must be a positive integer"),
     (dict(virtual_width_m=2, virtual_width_n=2.5), r"virtual_width_n must be a positive integer"),
-    (dict(virtual_width_m=3, virtual_width_n=6), r"virtual_width_m=3 must divide hidden_size=64.*\[1, 2, 4, 8, 16, 32, 64\]"),
-    (dict(virtual_width_m=4, virtual_width_n=2), r"virtual_width_n=2 must be >= virtual_width_m=4.*r = n/m = 0.5"),
-    (dict(virtual_width_m=2, virtual_width_n=4, vwn_embedding="tiled"), r"vwn_embedding='tiled' is not one of \['wide', 'factorized'\]"),
-    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse="mean"), r"vwn_collapse='mean' is not one of \['norm_linear', 'linear', 'none'\]"),
-    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse="none"), r"vwn_collapse='none' is valid only when virtual_width_n == virtual_width_m"),
-    (dict(virtual_width_m=2, virtual_width_n=3), r"vwn_collapse='norm_linear'.*integer.*Use vwn_collapse='linear'"),
-    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse_init="zeros"), r"vwn_collapse_init='zeros' is not one of \['normal', 'identity'\]"),
-    (dict(virtual_width_m=2, virtual_width_n=4, ghc_impl="cuda"), r"ghc_impl='cuda' is not one of"),
-    (dict(virtual_width_m=2, virtual_width_n=4, ghc_dynamic="yes"), r"ghc_dynamic must be True or False"),
+    (dict(virtual_width_m=3, virtual_width_n=6),
+     r"virtual_width_m=3 must divide hidden_size=64.*\[1, 2, 4, 8, 16, 32, 64\]"),
+    (dict(virtual_width_m=4, virtual_width_n=2),
+     r"virtual_width_n=2 must be >= virtual_width_m=4.*r = n/m = 0.5"),
+    (dict(virtual_width_m=2, virtual_width_n=4, vwn_embedding="tiled"),
+     r"vwn_embedding='tiled' is not one of \['wide', 'factorized'\]"),
+    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse="mean"),
+     r"vwn_collapse='mean' is not one of \['norm_linear', 'linear', 'none'\]"),
+    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse="none"),
+     r"vwn_collapse='none' is valid only when virtual_width_n == virtual_width_m"),
+    (dict(virtual_width_m=2, virtual_width_n=3),
+     r"vwn_collapse='norm_linear'.*integer.*Use vwn_collapse='linear'"),
+    (dict(virtual_width_m=2, virtual_width_n=4, vwn_collapse_init="zeros"),
+     r"vwn_collapse_init='zeros' is not one of \['normal', 'identity'\]"),
+    (dict(virtual_width_m=2, virtual_width_n=4, ghc_impl="cuda"),
+     r"ghc_impl='cuda' is not one of"),
+    (dict(virtual_width_m=2, virtual_width_n=4, ghc_dynamic="yes"),
+     r"ghc_dynamic must be True or False"),
     (dict(virtual_width_m=2, virtual_width_n=4, cuda_graph_impl="local"), r"cuda_graph_impl"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,message", INVALID)
 def test_invalid_combinations_raise_before_megatron_validation(kwargs, message):
-    # VWN checks run first in __post_init__: TransformerConfig's own checks never see bad VWN fields.
+    # VWN checks run first in __post_init__: TransformerConfig's own checks never see bad VWN
+    # fields.
     with mock.patch(
         "megatron.core.transformer.transformer_config.TransformerConfig.__post_init__",
         side_effect=AssertionError("megatron validation reached"),
@@ -69,7 +79,8 @@ def test_tied_wide_embedding_rejected_before_any_allocation(megatron_cpu):
 
     config = cfg(virtual_width_m=2, virtual_width_n=4)
     with mock.patch.object(GPTModel, "__init__", side_effect=AssertionError("allocated")):
-        with pytest.raises(VWNConfigError, match="share_embeddings_and_output_weights=True is impossible"):
+        with pytest.raises(VWNConfigError,
+                           match="share_embeddings_and_output_weights=True is impossible"):
             build_vwn_gpt(config, share_embeddings_and_output_weights=True)
 
 

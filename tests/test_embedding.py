@@ -53,6 +53,7 @@ def test_up_init_choices_and_default(megatron_cpu):
     with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='xavier' is not one of "
                                              r"\['scaled', 'normal'\]"):
         vwn_config(n=8, m=2, vwn_embedding="factorized", vwn_embedding_up_init="xavier")
-    # A wide table has no up-projection: the field is ignored (configs saved with either value load).
+    # A wide table has no up-projection: the field is ignored (configs saved with either value
+    # load).
     config, embedding = build(vwn_embedding_up_init="normal")
     assert not hasattr(embedding, "up_proj_weight")

@@ -44,8 +44,10 @@ def reference_read_write(ghc, H, z):
             if ghc.dynamic:
                 rms = torch.sqrt((Ht ** 2).mean(dim=1, keepdim=True) + ghc.eps)
                 Hn = Ht / rms * P["norm_weight"]
-                A = P["dynamic_alpha_scale"] * torch.tanh(Hn @ P["dynamic_alpha_proj"] / math.sqrt(d)) + A
-                B = P["dynamic_beta_scale"] * torch.tanh(Hn @ P["dynamic_beta_proj"] / math.sqrt(d)).T + B
+                A = (P["dynamic_alpha_scale"]
+                     * torch.tanh(Hn @ P["dynamic_alpha_proj"] / math.sqrt(d)) + A)
+                B = (P["dynamic_beta_scale"]
+                     * torch.tanh(Hn @ P["dynamic_beta_proj"] / math.sqrt(d)).T + B)
             A_read, A_carry = A[:, :m], A[:, m:]
             X = A_read.T @ Ht  # (m, d)
             Z = z[i, j].double().reshape(m, d)
@@ -148,7 +150,8 @@ def test_init_reads_slots_and_broadcasts_writes():
     assert torch.equal(x, H[..., : m * d])
     out = ghc.write(z, state).view(3, 2, n, d)
     for j in range(n):
-        assert torch.equal(out[:, :, j], H.view(3, 2, n, d)[:, :, j] + z.view(3, 2, m, d)[:, :, j % m])
+        assert torch.equal(out[:, :, j],
+                           H.view(3, 2, n, d)[:, :, j] + z.view(3, 2, m, d)[:, :, j % m])
 
 
 def test_bf16_keeps_coefficient_math_in_fp32():

@@ -78,7 +78,8 @@ def test_init_slots_evolve_like_a_standard_residual_stream(megatron_cpu, m, n, m
     captured = {"stock": [], "vwn": []}
     for tag, model in (("stock", stock), ("vwn", vwn)):
         for layer in model.decoder.layers:
-            layer.register_forward_hook(lambda mod, args, out, tag=tag: captured[tag].append(out[0]))
+            layer.register_forward_hook(
+                lambda mod, args, out, tag=tag: captured[tag].append(out[0]))
     logits_s, _ = run(stock, make_batch())
     logits_v, _ = run(vwn, make_batch())
     assert len(captured["vwn"]) == 2 * len(vwn.decoder.layers)
@@ -101,7 +102,8 @@ def test_shapes_and_parameters(megatron_cpu, embedding, collapse):
     if embedding == "factorized":
         assert params["embedding.up_proj_weight"].shape == (128, 64)
     assert params["decoder.final_layernorm.collapse.reduce_weight"].shape == (64, 128)
-    assert ("decoder.final_layernorm.collapse.group_norm_weight" in params) == (collapse == "norm_linear")
+    assert (("decoder.final_layernorm.collapse.group_norm_weight" in params)
+            == (collapse == "norm_linear"))
     assert params["decoder.final_layernorm.weight"].shape == (64,)
     assert params["output_layer.weight"].shape == (128, 64)  # LM head at width D
     ghc = [n for n in params if ".self_attention_ghc." in n or ".mlp_ghc." in n]

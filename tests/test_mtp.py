@@ -48,7 +48,8 @@ def test_mtp_losses_and_gradients_match_the_reference(megatron_cpu, k, moe):
         # order, so the absolute bound scales with the gradient's largest entry (a few ulp of it).
         scale = max(1.0, ref_grads[name].abs().max().item())
         torch.testing.assert_close(param.grad, ref_grads[name], rtol=1e-4, atol=1e-6 * scale,
-                                   msg=lambda m, name=name, scale=scale: f"{name} (scale {scale:.3g}): {m}")
+                                   msg=lambda m, name=name, scale=scale:
+                                   f"{name} (scale {scale:.3g}): {m}")
     # the MTP parameters are trained by the MTP loss
     assert model.mtp.layers[0].block_mixer.weight.grad.abs().sum() > 0
     assert model.mtp.layers[0].mtp_model_layer.mlp_ghc.static_beta.grad.abs().sum() > 0

@@ -217,7 +217,8 @@ class GHCWriteFunction(torch.autograd.Function):
             d_wa = torch.zeros(d, m + n, device=h.device, dtype=torch.float32)
             d_wa[:, m:] = g * k_mat[:, :n]
             d_wb = g * k_mat[:, n:]
-            d_gain = (w_a[:, m:].float() * k_mat[:, :n]).sum(1) + (w_b.float() * k_mat[:, n:]).sum(1)
+            d_gain = ((w_a[:, m:].float() * k_mat[:, :n]).sum(1)
+                      + (w_b.float() * k_mat[:, n:]).sum(1))
             d_sa = torch.zeros(n, m + n, device=h.device, dtype=torch.float32)
             d_sa[:, m:] = sums[1, :, :n]
             d_sb = sums[1, :, n:].t()

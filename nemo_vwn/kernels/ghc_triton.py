@@ -5,7 +5,8 @@ Per token t the wide state is H (n, d) and every kernel works on one token at a 
 over d in tiles of BLOCK_D. Slot/segment indices: j, k in [0, n) (slots), i in [0, m) (segments),
 e in [0, d) (features). Padded tile sizes: BLOCK_N >= n, BLOCK_M >= m, all >= 16 (tl.dot minimum).
 
-Coefficients (DGHC, docs/method.md §4, eq. 4-6), with u = 1/sqrt(d) and Q = (H ∘ g) W (one d-reduction):
+Coefficients (DGHC, docs/method.md §4, eq. 4-6), with u = 1/sqrt(d) and Q = (H ∘ g) W
+(one d-reduction):
     rstd_j = (mean_e H_je² + eps)^(-1/2)             Hn = RMSNorm_d(H) = (H ∘ rstd) ∘ g
     P = u · rstd ∘ Q       (= Hn W / sqrt(d))        T = tanh(P)
     A = S_A ∘ T_A + A_static   (n, m+n)              B = S_B ∘ T_Bᵀ + B_static   (m, n)
@@ -41,7 +42,8 @@ import triton.language as tl
 # ---------------------------------------------------------------------------------------- helpers
 @triton.jit
 def tanh_fp32(x):
-    """tanh in fp32 without libdevice: odd Taylor series near 0, exp form elsewhere (no overflow)."""
+    """tanh in fp32 without libdevice: odd Taylor series near 0, exp form elsewhere (no
+    overflow)."""
     ax = tl.abs(x)
     e = tl.exp(-2.0 * ax)
     big = (1.0 - e) / (1.0 + e)
@@ -82,7 +84,10 @@ def ghc_read_fwd_kernel(
     DYNAMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Eq. 1: X = A_readᵀ H with A_read = S_A[:, :m] ∘ tanh(Hn W_A[:, :m]/sqrt(d)) + A_static[:, :m]."""
+    """Eq. 1: X = A_readᵀ H.
+
+    A_read = S_A[:, :m] ∘ tanh(Hn W_A[:, :m]/sqrt(d)) + A_static[:, :m].
+    """
     t = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, BLOCK_N)
     i = tl.arange(0, BLOCK_M)

@@ -54,7 +54,8 @@ def interpreter_mismatch_message() -> str:
     return (
         "TRITON_INTERPRET=1 is set but triton was imported before it was set, so triton's own "
         "library functions were compiled-mode objects and its interpreter cannot run (triton 3.7 "
-        "reads the variable at @triton.jit decoration time, i.e. at import). Set TRITON_INTERPRET=1 "
+        "reads the variable at @triton.jit decoration time, i.e. at import). "
+        "Set TRITON_INTERPRET=1 "
         "in the environment before starting Python (megatron-core imports triton), e.g. "
         "`TRITON_INTERPRET=1 python ...`"
     )

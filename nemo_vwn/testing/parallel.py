@@ -80,7 +80,10 @@ def unsharded_grads(model: torch.nn.Module, tp_group=None, ep_rank: int = 0,
 
 
 def allreduce_sequence_parallel_grads(model: torch.nn.Module, tp_group) -> int:
-    """What Megatron's finalize_model_grads does for replicated params under SP; returns the count."""
+    """What Megatron's finalize_model_grads does for replicated params under SP.
+
+    Returns the count.
+    """
     count = 0
     for param in model.parameters():
         if getattr(param, "sequence_parallel", False) and param.grad is not None:

@@ -67,7 +67,8 @@ def test_normal_up_init_applies_to_the_factorized_vwn_runs_only(study):
     for name, recipe, overrides, r, mtp in runs:
         assert ("model.vwn_embedding_up_init=normal" in overrides) == (r > 1), name
     default = study.variants(study.PRESETS["cpu"], embedding="factorized")  # scaled: the default
-    assert not any("vwn_embedding_up_init" in o for *_, overrides, _r, _m in default for o in overrides)
+    assert not any("vwn_embedding_up_init" in o
+                   for *_, overrides, _r, _m in default for o in overrides)
     with pytest.raises(ValueError, match="needs --embedding factorized"):
         study.variants(study.PRESETS["cpu"], embedding="wide", up_init="normal")
 
@@ -77,7 +78,8 @@ def test_controls_r1_and_vwn_only_overrides(study):
                           vwn_set=("model.vwn_collapse_init=identity",))
     assert [name for name, *_ in runs] == ["baseline", "vwn_r1", "vwn_r4"]
     by_name = {name: overrides for name, _recipe, overrides, _r, _mtp in runs}
-    assert "model.virtual_width_n=2" in by_name["vwn_r1"] and "model.virtual_width_m=2" in by_name["vwn_r1"]
+    assert ("model.virtual_width_n=2" in by_name["vwn_r1"]
+            and "model.virtual_width_m=2" in by_name["vwn_r1"])
     assert all("model.vwn_collapse_init=identity" in by_name[n] for n in ("vwn_r1", "vwn_r4"))
     assert by_name["baseline"] == []
     assert study.is_baseline("baseline_mtp") and not study.is_baseline("vwn_r1")

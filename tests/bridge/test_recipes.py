@@ -55,7 +55,8 @@ def test_overrides_change_what_they_say_and_bad_keys_fail_clearly(tmp_path):
                        ["train.train_iters=7", "model.virtual_width_n=6", "optimizer.lr=0.01"])
     assert cfg.train.train_iters == 7 and cfg.model.virtual_width_n == 6
     assert cfg.optimizer.lr == 0.01
-    with pytest.raises(OverrideError, match="model has no field 'virtual_width_k'.*virtual_width_n"):
+    with pytest.raises(OverrideError,
+                       match="model has no field 'virtual_width_k'.*virtual_width_n"):
         build_recipe("tiny_vwn_moe_cpu", str(tmp_path), ["model.virtual_width_k=6"])
     with pytest.raises(OverrideError, match="has no field 'trian'.*valid fields:.*train"):
         build_recipe("tiny_vwn_moe_cpu", str(tmp_path), ["trian.train_iters=3"])

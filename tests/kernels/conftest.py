@@ -15,7 +15,8 @@ def triton_mode(monkeypatch):
         pytest.fail(runtime.interpreter_mismatch_message())
     if not runtime.interpreter_active() and not runtime.cuda_usable():
         pytest.fail("no CUDA device and Triton's interpreter is off: start pytest with "
-                    "TRITON_INTERPRET=1 (tests/conftest.py sets it when triton is not yet imported)")
+                    "TRITON_INTERPRET=1 (tests/conftest.py sets it when triton is not yet "
+                    "imported)")
     # Narrow d-tiles so the tiny test shapes cover several tiles plus a partial one.
     monkeypatch.setattr(ghc_autograd, "BLOCK_D_MAX", 16)
     yield runtime.describe()
