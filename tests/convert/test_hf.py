@@ -416,7 +416,10 @@ def test_import_errors(dense, tmp_path, problem, message):
         out.mkdir()
     with pytest.raises(CheckpointError, match=message):
         import_hf(str(hf_dir), str(out), expected=expected)
-    assert (out.exists() and not list(out.iterdir())) if problem == "exists" else no_output_left(out)
+    if problem == "exists":
+        assert out.exists() and not list(out.iterdir())
+    else:
+        assert no_output_left(out)
 
 
 def test_unsupported_megatron_features_are_named():
