@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +128,26 @@ def test_data_then_pretrain_prints_progress_saves_and_validation_only(pretrained
     assert run["recipe"] == "tiny_moe_cpu" and run["train_iters"] == 4
     records = json.load(open(os.path.join(pretrained["dir"], "records", "losses.rank0.json")))
     assert [step for step, _, _ in records["train"]] == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_checkpoint_verify_then_the_same_pretrain_command_trains_nothing(workdir, dataset,
+                                                                         pretrained):
+    """The README's restart workflow: verify the run's checkpoints, rerun the same command."""
+    checkpoints = os.path.join(pretrained["dir"], "checkpoints")
+    out, _, _ = nemo_vwn(["checkpoint", "verify", checkpoints], workdir)
+    assert re.search(r"^  iter +4  intact ", out, re.M), out
+    shards = sorted(glob.glob(os.path.join(checkpoints, "iter_0000004", "*.distcp")))
+    stamps = [os.path.getmtime(path) for path in shards]
+    out, err, _ = nemo_vwn(["pretrain", "--recipe", "tiny_moe_cpu", "--data", dataset,
+                            "--output", "base", *TINY_TRAIN], workdir)
+    assert "already trained to iteration 4" in out + err and "nothing to do" in out + err
+    assert [os.path.getmtime(path) for path in shards] == stamps  # nothing retrained or rewritten
+    damaged = os.path.join(workdir, "damaged_checkpoints")  # a copy: the conversions read the run
+    shutil.copytree(checkpoints, damaged)
+    shard = os.path.join(damaged, "iter_0000004", os.path.basename(shards[0]))
+    open(shard, "r+b").truncate(10)
+    out, _, _ = nemo_vwn(["checkpoint", "verify", damaged], workdir, expect=1)
+    assert re.search(r"^  iter +4  (?!intact)", out, re.M) and os.path.basename(shard) in out
 
 
 # --------------------------------------------------------------------------- compare
