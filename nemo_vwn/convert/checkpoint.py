@@ -2,7 +2,9 @@
 
 * ``resolve_checkpoint(path)``: a ``checkpoints/`` directory (its latest iteration) or an
   ``iter_XXXXXXX`` directory -> the iteration directory, with clear errors for a missing path, a
-  directory that is not a checkpoint, or a checkpoint missing its metadata/run config.
+  directory that is not a checkpoint, a checkpoint missing its metadata/run config, or one whose
+  shards are missing, short or fail their manifest's checksums (the integrity check resuming uses,
+  ``nemo_vwn.bridge.checkpoints.require_intact``).
 * ``atomic_output(path, overwrite)``: conversions write into a temporary sibling directory that is
   renamed into place only when complete, so a failed conversion never leaves a half-written output;
   an existing output is replaced only with ``overwrite``.
@@ -15,9 +17,10 @@ import os
 import shutil
 import tempfile
 
+from nemo_vwn.bridge.checkpoints import CheckpointError, require_intact
 
-class CheckpointError(ValueError):
-    """A missing, corrupted or mismatching checkpoint, or an output that may not be written."""
+__all__ = ["CheckpointError", "atomic_output", "check_matches", "load_provider",
+           "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -43,7 +46,7 @@ def resolve_checkpoint(path: str) -> str:
         if not os.path.exists(os.path.join(path, required)):
             raise CheckpointError(
                 f"corrupted or incomplete checkpoint: {os.path.join(path, required)} is missing")
-    return path
+    return require_intact(path)
 
 
 @contextlib.contextmanager

@@ -13,8 +13,16 @@ from nemo_vwn.convert.checkpoint import (
 
 
 def fake_checkpoint(root, iteration=5, files=("metadata.json", "run_config.yaml")):
+    """An iteration directory laid out as Bridge writes one: torch DCP shards + .metadata and the
+    given small files (the model itself does not matter to these checks)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
     it = root / f"iter_{iteration:07d}"
     it.mkdir(parents=True)
+    dcp.save({"w": torch.arange(2048, dtype=torch.float32)},
+             storage_writer=dcp.FileSystemWriter(str(it)), no_dist=True)
+    torch.save({"iteration": iteration}, str(it / "train_state.pt"))
     for name in files:
         (it / name).write_text("{}")
     (root / "latest_checkpointed_iteration.txt").write_text(str(iteration))
@@ -47,6 +55,19 @@ def test_bad_checkpoints(tmp_path, problem, message):
         (path / "latest_checkpointed_iteration.txt").write_text("x")
     with pytest.raises(CheckpointError, match=message):
         resolve_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_shard_is_named_before_anything_is_loaded(tmp_path, damage):
+    it = fake_checkpoint(tmp_path / "ckpt")
+    shard = sorted(p for p in it.iterdir() if p.suffix == ".distcp")[0]
+    if damage == "truncated":
+        with open(shard, "r+b") as handle:
+            handle.truncate(8)
+    else:
+        shard.unlink()
+    with pytest.raises(CheckpointError, match=shard.name):
+        resolve_checkpoint(str(tmp_path / "ckpt"))
 
 
 def test_output_is_atomic_and_protected(tmp_path):
