@@ -192,9 +192,6 @@ def last_report(out: str) -> dict:
     return json.loads(out[[m.start() for m in re.finditer(r"(?m)^\{$", out)][-1]:])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect found by this test: export-hf of an upcycled checkpoint fails in Bridge's "
-    "remove_non_pickleables with FrozenInstanceError: cannot assign to field 'base'"))
 def test_convert_export_hf_then_import_hf(workdir, upcycled):
     out, _, _ = nemo_vwn(["convert", "export-hf", "--checkpoint", upcycled["dir"], "--output",
                           "up_hf", "--n", "4", "--m", "2"], workdir)

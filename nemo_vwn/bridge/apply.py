@@ -160,13 +160,17 @@ def _resolve_spec(spec, config, vp_stage):
     return spec(config)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class VWNSpecAdapter:
     """A ``transformer_layer_spec`` that yields the VWN version of a recipe's own spec.
 
     ``base`` is what the recipe had: a spec or a callable ``(provider[, vp_stage]) -> spec``. It is
     resolved lazily (it depends on the final layer count, pipeline stage, TE/local choice ...), then
     converted with ``to_vwn_spec``. Bridge calls this with ``(provider, vp_stage=...)``.
+
+    Not frozen: Bridge's HF export strips a model config of unpicklable callables with
+    ``remove_non_pickleables``, which copies every attribute object it reaches and assigns its
+    cleaned fields (here ``base``) on the copy; a frozen adapter made that raise.
     """
 
     base: Union[ModuleSpec, TransformerBlockSubmodules, Callable]

@@ -56,3 +56,32 @@ def test_upcycle_then_continue_pretraining(baseline_checkpoint, tmp_path, capsys
     assert main(["convert", "upcycle", "--checkpoint", baseline_checkpoint, "--output",
                  str(tmp_path / "x"), "--n", "1", "--m", "2"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "again").exists()
+
+
+def test_upcycled_provider_survives_bridge_remove_non_pickleables():
+    """HF export of an upcycled checkpoint: Bridge cleans the model config (the provider that
+    ``to_vwn_provider`` made, with its ``VWNSpecAdapter``) with ``remove_non_pickleables`` before
+    it broadcasts it; that assigns fields on copies of the objects it reaches and must not raise
+    (it raised FrozenInstanceError on the adapter's ``base``) nor touch the original."""
+    import pickle
+
+    from nemo_vwn.runtime import prepare_runtime
+
+    prepare_runtime()  # before Bridge is imported (CPU stand-ins for Transformer Engine)
+    from megatron.bridge.models.conversion.utils import remove_non_pickleables
+    from megatron.bridge.models.gpt_provider import GPTModelProvider, default_layer_spec
+
+    from nemo_vwn.bridge.apply import VWNSpecAdapter, to_vwn_provider
+
+    baseline = GPTModelProvider(num_layers=2, hidden_size=64, num_attention_heads=4,
+                                ffn_hidden_size=128, vocab_size=256)
+    provider = to_vwn_provider(baseline, 4, 2, vwn_collapse="linear",
+                               vwn_collapse_init="identity")
+    assert isinstance(provider.transformer_layer_spec, VWNSpecAdapter)
+    for depth in (2, 3):  # the depths Bridge's param mappings use
+        cleaned = remove_non_pickleables(provider, max_depth=depth)
+        assert isinstance(cleaned.transformer_layer_spec, VWNSpecAdapter)
+        assert cleaned.transformer_layer_spec is not provider.transformer_layer_spec
+        restored = pickle.loads(pickle.dumps(cleaned))
+        assert (restored.virtual_width_n, restored.virtual_width_m) == (4, 2)
+    assert provider.transformer_layer_spec.base is default_layer_spec  # original left as it was
