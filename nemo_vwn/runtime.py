@@ -197,6 +197,7 @@ def initialize(
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
     bridge: bool = False,
+    port: Optional[int] = None,
 ) -> str:
     """Everything megatron-core needs before a model is built, in one call; returns "cuda"/"cpu".
 
@@ -211,7 +212,7 @@ def initialize(
         import torch
 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    init_process_group(rank=rank, world_size=world_size)
+    init_process_group(rank=rank, world_size=world_size, port=port)
     set_parallel_layout(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,

@@ -13,6 +13,7 @@ from nemo_vwn.runtime import (  # noqa: F401  (re-exported for the tests)
     destroy_parallel_layout,
     free_port,
     init_process_group,
+    initialize,
     prepare_runtime,
     set_parallel_layout,
 )
@@ -29,12 +30,10 @@ def init_cpu_distributed(
     seed: int = 1234,
 ) -> None:
     """Apply the CPU shim, start gloo (if needed) and initialise megatron's parallel state + RNG."""
-    prepare_runtime(bridge=False)
-    init_process_group(rank=rank, world_size=world_size, port=port)
-    set_parallel_layout(
+    initialize(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         expert_model_parallel_size=expert_model_parallel_size,
         context_parallel_size=context_parallel_size,
-        seed=seed,
+        seed=seed, rank=rank, world_size=world_size, port=port,
     )
