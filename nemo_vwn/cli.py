@@ -70,7 +70,9 @@ def run_command(handler, args, overrides, debug: bool = False) -> int:
 
     try:
         return handler(args, overrides)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
         user = is_user_error(exc)
         trace = traceback.format_exc()
         if console.is_routed():

@@ -27,8 +27,11 @@ from typing import Optional
 
 # Upstream stdout lines that say something about the run: copied to the console.
 ECHO_PATTERNS = (re.compile(r"successfully saved checkpoint"), re.compile(r"validation loss at"))
+OWN_PREFIX = "[nemo-vwn] "  # lines nemo-vwn prints itself while routed: always on the console too
 # Our own one-line errors, wherever they are printed: always on the console (stderr).
 ERROR_PATTERN = re.compile(r"nemo-vwn( [\w-]+)?: error: ")
+# Upstream ERROR log records (e.g. a checkpoint writer's "[Errno 28] No space left on device").
+UPSTREAM_ERROR = re.compile(r"^ERROR:[\w.]+:")
 _WARNING_LINE = re.compile(r"(\b\w*Warning: )|(^W\d{4} )|(^WARNING[: ])")
 # Expected on a machine without CUDA / Transformer Engine / Apex (torch fallbacks, the CPU shim).
 _CPU_FALLBACK = re.compile(r"Transformer ?Engine|transformer-engine|[Aa]pex|APEX|No CUDA|CUDA_HOME|"
@@ -71,9 +74,11 @@ class _LineRouter(io.TextIOBase):
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
-            if any(p.search(line) for p in ECHO_PATTERNS):
+            if line.startswith(OWN_PREFIX):  # nemo-vwn's own messages (resume, stop, ...)
+                echo(line.rstrip())
+            elif any(p.search(line) for p in ECHO_PATTERNS):
                 echo(f"[{_state['label']}] {line.strip()}")
-            elif ERROR_PATTERN.match(line):
+            elif ERROR_PATTERN.match(line) or UPSTREAM_ERROR.match(line):
                 echo(line, err=True)
         return len(text)
 

@@ -188,12 +188,8 @@ def prepare_resume(cfg, output_dir: Optional[str], fresh: bool = False) -> Resum
         if plan.load_dir and not plan.finished:
             plan.messages += check_compatible(cfg, plan.load_dir)
     if _rank() == 0:
-        from nemo_vwn.bridge import console
-
-        for line in plan.messages:  # on the terminal even while megatron's output goes to the log
-            if console.is_routed():
-                print(f"[nemo-vwn] {line}", flush=True)  # the run's log keeps it too
-            console.echo(f"[nemo-vwn] {line}")
+        for line in plan.messages:  # "[nemo-vwn] " lines reach the terminal (bridge/console.py)
+            print(f"[nemo-vwn] {line}", flush=True)
     return plan
 
 
