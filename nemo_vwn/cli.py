@@ -89,6 +89,9 @@ def run_command(handler, args, overrides, debug: bool = False) -> int:
             return 2 if user else 1
         if debug or not user:
             console.echo(trace, err=True)
+        upstream = console.last_upstream_error() if not user else None
+        if upstream:  # e.g. the checkpoint writer's "[Errno 28] No space left on device"
+            console.echo(upstream, err=True)
         console.echo(f"nemo-vwn: error: {message}", err=True)
         return 2 if user else 1
 

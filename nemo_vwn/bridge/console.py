@@ -55,6 +55,19 @@ def log_path() -> Optional[str]:
     return _state["log_path"]
 
 
+def last_upstream_error() -> Optional[str]:
+    """The last upstream ERROR log record in this run's log (loggers write to fd 2 directly, so
+    they bypass the line router): shown with an error whose own message is generic."""
+    path = _state["log_path"]
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - (1 << 20)))
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+    found = [line for line in lines if UPSTREAM_ERROR.match(line)]
+    return found[-1] if found else None
+
+
 def is_routed() -> bool:
     return _state["saved_fds"] is not None
 
