@@ -123,8 +123,12 @@ def allow_vwn_checkpoint_targets() -> None:
 
 
 def ensure_process_env() -> None:
-    """Make a plain `python` launch look like a 1-process torchrun launch."""
-    os.environ.setdefault("RANK", "0")
+    """Make a plain `python` launch look like a 1-process torchrun launch. Without RANK (not
+    started by torchrun) an inherited MASTER_PORT belongs to another job -- e.g. the parent
+    process's own rendezvous, still listening -- so this process gets a free port of its own."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -138,7 +142,8 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] =
     if dist.is_initialized():
         return False
     os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port or os.environ.get("MASTER_PORT") or free_port())
+    inherited = os.environ.get("MASTER_PORT") if "RANK" in os.environ else None  # see above
+    os.environ["MASTER_PORT"] = str(port or inherited or free_port())
     backend = "nccl" if cuda_usable() else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     return True

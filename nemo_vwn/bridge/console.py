@@ -65,7 +65,8 @@ def last_upstream_error() -> Optional[str]:
         handle.seek(max(0, os.path.getsize(path) - (1 << 20)))
         lines = handle.read().decode("utf-8", "replace").splitlines()
     found = [line for line in lines if UPSTREAM_ERROR.match(line)]
-    return found[-1] if found else None
+    errno = [line for line in found if "[Errno " in line]  # the OS's own words, when there
+    return (errno or found or [None])[-1]
 
 
 def is_routed() -> bool:
