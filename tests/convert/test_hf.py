@@ -328,7 +328,14 @@ def test_export_errors(dense, tmp_path):
     iteration = next(p for p in broken.iterdir() if p.name.startswith("iter_"))
     shard = max((p for p in iteration.iterdir() if p.suffix == ".distcp"),
                 key=lambda p: p.stat().st_size)
-    shard.write_bytes(shard.read_bytes()[:100])
+    intact_bytes = shard.read_bytes()
+    shard.write_bytes(intact_bytes[:100])
+    # the integrity check (bridge.checkpoints.require_intact) names the short shard before loading
+    with pytest.raises(CheckpointError, match=rf"is incomplete: .*{shard.name}: 100 bytes"):
+        export_hf(str(broken), str(out))
+    # full length but garbage bytes (no manifest here: save_megatron_model writes none), so the
+    # structure check passes and the load itself fails, with the same error type
+    shard.write_bytes(bytes(len(intact_bytes)))
     with pytest.raises(CheckpointError, match="cannot load the weights"):
         export_hf(str(broken), str(out))
     (iteration / "run_config.yaml").unlink()
