@@ -66,6 +66,7 @@ def main() -> None:
         stock_config,
         vwn_config,
     )
+    from nemo_vwn.kernels.ghc_compiled import reset_compiled
     from nemo_vwn.profiling import (
         backbone_flops_per_token,
         ghc_flops_per_token,
@@ -149,6 +150,7 @@ def main() -> None:
     if args.shapes:
         pairs = [tuple(int(v) for v in pair.split(",")) for pair in args.shapes.split(";")]
     for m, n in pairs:
+        reset_compiled()  # each shape compiled as a one-shape training process compiles it
         collapse = "linear" if n % m else "norm_linear"
         row = [f"{n / m:g}", f"({m},{n})"]
         counts, acts, models, peaks = {}, {}, {}, {}

@@ -16,15 +16,22 @@ backward the inputs (H, the branch output, the small per-token coefficients) and
 pointwise rest. With ``ghc_recompute`` the read runs under megatron's activation checkpoint, as
 on the torch path.
 
-Both halves are compiled once per process and shared by every GHC of the same (m, n, d, dtypes)
-(the parameters are arguments, not closed-over module state, so layers add no recompiles), with
-``fullgraph=True`` (a graph break inside a GHC is an error, not a silent slowdown).
+Both halves are compiled once per process and shared by every GHC of the same variant (m, n, d,
+dtypes, static/dynamic, bias, dropout): the parameters are arguments, not closed-over module state,
+so layers add no recompiles. Each variant gets a copy of the Python function with a code object of
+its own, because torch._dynamo keeps its graph cache, recompile count (limit 8) and automatic-
+dynamic shape marks per code object: with one shared function, a process that builds GHCs of many
+shapes and variants (the test suite; a benchmark timing r = 1.5 ... 8) exceeded the limit, and a
+second shape turned n and d into symbolic sizes for every GHC. Within a variant only the token
+count is dynamic. ``fullgraph=True``: a graph break inside a GHC is an error, not a silent
+slowdown.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import types
 from typing import NamedTuple, Optional
 
 import torch
@@ -83,10 +90,27 @@ def write_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor, bias:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(name: str):
-    """The process-wide compiled ``read_terms`` / ``write_terms`` (one per name)."""
+def compiled(name: str, key: tuple = ()):
+    """The process-wide compiled ``read_terms`` / ``write_terms`` for one variant ``key``.
+
+    The function is cloned with a code object of its own (named after the key, which also names
+    it in profiles): dynamo keeps its graph cache, recompile count and automatic-dynamic state per
+    code object."""
     fn = {"read": read_terms, "write": write_terms}[name]
-    return torch.compile(fn, fullgraph=True, dynamic=None)
+    label = "_".join(str(part).replace("torch.", "") for part in key)
+    code = fn.__code__.replace(co_name=f"{fn.__name__}__{label}",
+                               co_qualname=f"{fn.__qualname__}__{label}")
+    clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__,
+                               fn.__closure__)
+    clone.__kwdefaults__, clone.__doc__ = fn.__kwdefaults__, fn.__doc__
+    return torch.compile(clone, fullgraph=True, dynamic=None)
+
+
+def reset_compiled() -> None:
+    """Forget every compiled GHC graph: the next call compiles afresh, at the shapes it sees (a
+    benchmark that times several shapes in one process measures each as its own process would)."""
+    compiled.cache_clear()
+    torch._dynamo.reset()
 
 
 class CompiledGHCBackend:
@@ -103,8 +127,11 @@ class CompiledGHCBackend:
         args = (ghc.static_alpha, ghc.static_beta, get("norm_weight"), get("dynamic_alpha_proj"),
                 get("dynamic_beta_proj"), get("dynamic_alpha_scale"), get("dynamic_beta_scale"))
 
+        key = (ghc.m, ghc.n, ghc.d, H.dtype, cdt, "dynamic" if args[2] is not None else "static")
+        read = compiled("read", key)
+
         def run(H):
-            return compiled("read")(H, *args, eps=float(ghc.eps), cdt=cdt)
+            return read(H, *args, eps=float(ghc.eps), cdt=cdt)
 
         if ghc.recompute and torch.is_grad_enabled():
             x, carry_alpha, beta_t = tensor_parallel.checkpoint(run, False, H)
@@ -123,6 +150,10 @@ class CompiledGHCBackend:
         keep_scale = None  # seed: only the Triton write keys its own stream
         if training and dropout_p > 0.0:
             keep_scale = torch.nn.functional.dropout(torch.ones_like(z), p=float(dropout_p))
-        out = compiled("write")(z, state.hidden, state.carry_alpha, state.beta_t, bias,
-                                keep_scale, branch_output.dtype)
+        key = (ghc.m, ghc.n, ghc.d, z.dtype, state.beta_t.dtype,
+               "dynamic" if getattr(ghc, "norm_weight", None) is not None else "static",
+               "bias" if bias is not None else "nobias",
+               "dropout" if keep_scale is not None else "nodropout")
+        out = compiled("write", key)(z, state.hidden, state.carry_alpha, state.beta_t, bias,
+                                     keep_scale, branch_output.dtype)
         return out.view(s, b, ghc.n * ghc.d)
