@@ -6,6 +6,8 @@
     nemo-vwn pretrain --recipe NAME --data DIR --nproc-per-node 2 ...   real data, torchrun
     nemo-vwn compare --recipe NAME [key=value ...]     VWN recipe vs its baseline twin: table + plot
     nemo-vwn convert reshard|upcycle --checkpoint DIR --output DIR ...   checkpoint conversion
+    nemo-vwn pretrain --recipe NAME --from CHECKPOINT ...   continue pretraining a checkpoint
+    nemo-vwn evaluate --checkpoint DIR [--hf-dir DIR] --data DIR   validation losses
     nemo-vwn launch --recipe NAME [--executor local|slurm] [key=value ...]   through NeMo-Run
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
@@ -432,8 +434,16 @@ def add_checkpoint(sub) -> None:
                                                         takes_overrides=False)
 
 
+def add_evaluate(sub) -> None:
+    from nemo_vwn import evaluate  # standard library only at import
+
+    evaluate.add_arguments(_verb(sub, "evaluate", "validation next-token (and MTP) losses of "
+                                 "checkpoints / HF directories on a dataset",
+                                 lambda args, overrides: evaluate.run_cli(args)))
+
+
 VERBS = (add_recipes, add_data, add_pretrain, add_compare, add_convert, add_launch,
-         add_checkpoint, add_patches)
+         add_checkpoint, add_evaluate, add_patches)
 
 
 def build_parser() -> argparse.ArgumentParser:
