@@ -179,18 +179,20 @@ def check_models(models: Sequence) -> list:
 
 
 def default_seq_length(models: Sequence) -> Optional[int]:
-    """The sequence length the first checkpoint among ``models`` was trained with (its
-    ``run_config.yaml``: dataset, else model), or None."""
+    """The sequence length of the first checkpoint among ``models`` that was trained on a dataset
+    (its ``run_config.yaml``), else the first checkpoint model's (e.g. an upcycled checkpoint
+    records only the model's), else None."""
     import yaml
 
+    found = {"dataset": None, "model": None}
     for kind, path in models:
         if kind == "checkpoint":
             with open(os.path.join(path, "run_config.yaml")) as handle:
                 saved = yaml.safe_load(handle) or {}
-            for section in ("dataset", "model"):
-                if (saved.get(section) or {}).get("seq_length"):
-                    return int(saved[section]["seq_length"])
-    return None
+            for section in found:
+                value = (saved.get(section) or {}).get("seq_length")
+                found[section] = found[section] or (int(value) if value else None)
+    return found["dataset"] or found["model"]
 
 
 def evaluate_models(models: Sequence, data_dir: str, seq_length: Optional[int] = None,
@@ -237,7 +239,8 @@ def add_arguments(parser) -> None:
                              "repeatable")
     parser.add_argument("--data", required=True, help="dataset directory from `nemo-vwn data`")
     parser.add_argument("--seq-length", type=int, default=None,
-                        help="tokens per sample (default: the first checkpoint's)")
+                        help="tokens per sample (default: what the first checkpoint trained "
+                             "on a dataset used)")
     parser.add_argument("--num-samples", type=int, default=256,
                         help="validation samples (default 256)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -99,8 +99,8 @@ def read_saved_config(iteration_dir: str) -> dict:
 
 def check_pretrained_checkpoint(path: str, overrides: Sequence[str] = (),
                                 data_dir: Optional[str] = None) -> str:
-    """The intact iteration directory of ``path`` (``--from``), checked before anything heavy:
-    it exists, is a Bridge checkpoint whose shards pass the integrity check
+    """The intact iteration directory of ``path`` (``--from``), checked before megatron is
+    imported: it exists, is a Bridge checkpoint whose shards pass the integrity check
     (``nemo_vwn.bridge.checkpoints.require_intact``), no ``model.<shape field>`` override differs
     from it, and the dataset's tokenizer fits its vocabulary."""
     import json
