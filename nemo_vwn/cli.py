@@ -6,6 +6,8 @@
     nemo-vwn pretrain --recipe NAME --data DIR --nproc-per-node 2 ...   real data, torchrun
     nemo-vwn compare --recipe NAME [key=value ...]     VWN recipe vs its baseline twin: table + plot
     nemo-vwn convert reshard|upcycle --checkpoint DIR --output DIR ...   checkpoint conversion
+    nemo-vwn pretrain --recipe NAME --from CHECKPOINT ...   continue pretraining a checkpoint
+    nemo-vwn evaluate --checkpoint DIR [--hf-dir DIR] --data DIR   validation losses
     nemo-vwn launch --recipe NAME [--executor local|slurm] [key=value ...]   through NeMo-Run
     nemo-vwn patches                                   the upstream workarounds and their reasons
 
@@ -108,7 +110,7 @@ def _report_to_parent(message: str) -> None:
 
 def run_training(recipe: str, output: str, data: Optional[str], nproc: int,
                  overrides: Sequence[str], verbose: bool = False, debug: bool = False,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, pretrained: Optional[str] = None) -> None:
     """``nemo-vwn pretrain`` of ``recipe`` in child processes (torchrun when ``nproc`` > 1).
 
     The children report errors into a temporary directory; the first one to fail (in time) is
@@ -126,7 +128,8 @@ def run_training(recipe: str, output: str, data: Optional[str], nproc: int,
         command[1:4] = ["-m", "torch.distributed.run", "--standalone",
                         f"--nproc-per-node={nproc}", "-m", "nemo_vwn.cli", "pretrain"]
     command += (["--data", data] if data else []) + (["--verbose"] if verbose else []) \
-        + (["--debug"] if debug else []) + (["--fresh"] if fresh else []) + list(overrides)
+        + (["--debug"] if debug else []) + (["--fresh"] if fresh else []) \
+        + (["--from", pretrained] if pretrained else []) + list(overrides)
     os.makedirs(os.path.join(output, "logs"), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nemo-vwn-errors-") as errors:
         env = dict(os.environ, **{ERROR_DIR_ENV: errors})
@@ -240,12 +243,17 @@ def _output_dir(recipe: str, output: Optional[str]) -> str:
 
 def _cmd_pretrain(args, overrides) -> int:
     from nemo_vwn.recipes.catalog import check_recipe_name
+    from nemo_vwn.recipes.continued import check_pretrained_checkpoint, split_pretrained
 
     check_recipe_name(args.recipe)  # before any heavy import
+    pretrained, overrides = split_pretrained(args.pretrained, overrides)  # --from = Bridge's field
+    if pretrained:
+        check_pretrained_checkpoint(pretrained, overrides, args.data)
     output = _output_dir(args.recipe, args.output)
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         run_training(args.recipe, output, args.data, args.nproc_per_node, overrides,
-                     verbose=args.verbose, debug=args.debug, fresh=args.fresh)
+                     verbose=args.verbose, debug=args.debug, fresh=args.fresh,
+                     pretrained=pretrained)
         return 0
     from nemo_vwn.bridge import console
 
@@ -261,8 +269,10 @@ def _cmd_pretrain(args, overrides) -> int:
     prepare_runtime()
     from nemo_vwn.bridge.training import run_pretrain
     from nemo_vwn.recipes import build_recipe
+    from nemo_vwn.recipes.continued import build_continued_recipe
 
-    cfg = build_recipe(args.recipe, output, overrides, data_dir=args.data)
+    cfg = (build_continued_recipe(args.recipe, pretrained, output, overrides, data_dir=args.data)
+           if pretrained else build_recipe(args.recipe, output, overrides, data_dir=args.data))
     run_pretrain(cfg, output_dir=output, label=args.recipe, fresh=args.fresh)
     if rank == 0 and console.is_routed():
         console.echo(console.summary())
@@ -387,8 +397,14 @@ def _training_arguments(parser) -> None:
 
 
 def add_pretrain(sub) -> None:
-    _training_arguments(_verb(sub, "pretrain", "train a recipe with Megatron-Bridge pretrain()",
-                              _cmd_pretrain, overrides=True))
+    pretrain = _verb(sub, "pretrain", "train a recipe with Megatron-Bridge pretrain()",
+                     _cmd_pretrain, overrides=True)
+    _training_arguments(pretrain)
+    pretrain.add_argument("--from", dest="pretrained", metavar="CHECKPOINT",
+                          help="continue pretraining this checkpoint (e.g. `convert upcycle "
+                               "--hf-model`'s output): its model, the recipe's training "
+                               "settings; = checkpoint.pretrained_checkpoint. The run's own "
+                               "checkpoint, if any, is resumed instead (--fresh: start over)")
 
 
 def add_compare(sub) -> None:
@@ -418,8 +434,16 @@ def add_checkpoint(sub) -> None:
                                                         takes_overrides=False)
 
 
+def add_evaluate(sub) -> None:
+    from nemo_vwn import evaluate  # standard library only at import
+
+    evaluate.add_arguments(_verb(sub, "evaluate", "validation next-token (and MTP) losses of "
+                                 "checkpoints / HF directories on a dataset",
+                                 lambda args, overrides: evaluate.run_cli(args)))
+
+
 VERBS = (add_recipes, add_data, add_pretrain, add_compare, add_convert, add_launch,
-         add_checkpoint, add_patches)
+         add_checkpoint, add_evaluate, add_patches)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,10 +187,24 @@ def prepare_resume(cfg, output_dir: Optional[str], fresh: bool = False) -> Resum
         ckpt.ckpt_step = None
         if plan.load_dir and not plan.finished:
             plan.messages += check_compatible(cfg, plan.load_dir)
+    plan.messages += pretrained_messages(ckpt.pretrained_checkpoint, plan, fresh)
     if _rank() == 0:
         for line in plan.messages:  # "[nemo-vwn] " lines reach the terminal (bridge/console.py)
             print(f"[nemo-vwn] {line}", flush=True)
     return plan
+
+
+def pretrained_messages(pretrained: Optional[str], plan: ResumePlan, fresh: bool) -> list:
+    """What a run with ``checkpoint.pretrained_checkpoint`` (``--from``) starts from: the run's
+    own checkpoint wins (Bridge loads ``checkpoint.load`` when it holds one); without one, Bridge
+    loads only the pretrained model weights and training starts at iteration 0."""
+    if not pretrained:
+        return []
+    if plan.load_dir and not fresh:
+        return [f"the run's own checkpoint is resumed, not the pretrained one ({pretrained}); "
+                "`--fresh` starts over from the pretrained weights"]
+    return [f"starting from the pretrained weights of {pretrained} at iteration 0 (new "
+            "optimizer and learning-rate schedule)"]
 
 
 # Fields a resumed run must share with its checkpoint: megatron stops with an assertion (scheduler)

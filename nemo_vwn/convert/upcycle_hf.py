@@ -19,8 +19,9 @@ The path joins what Bridge and this package already do:
 5. only then Bridge's ``save_megatron_model`` writes a ``torch_dist`` checkpoint (weights + run
    config, the HF tokenizer's metadata when the directory has one) into ``atomic_output``.
 
-Continue pretraining from it with ``checkpoint.pretrained_checkpoint=<output>`` and the VWN
-fields the report lists.
+Continue pretraining from it with ``nemo-vwn pretrain --recipe R --from <output>`` (Bridge's
+``checkpoint.pretrained_checkpoint``; the model is the checkpoint's, the training settings the
+recipe's: ``nemo_vwn.recipes.continued``).
 """
 
 from __future__ import annotations
