@@ -185,6 +185,10 @@ def test_convert_reshard_tp2(workdir, upcycled):
     report = json.loads(out)
     assert glob.glob(os.path.join(workdir, "up_tp2", "**", "*.distcp"), recursive=True)
     assert "2" in json.dumps(report)
+    # the logits of the TP=2 model and of its reloaded checkpoint equal the source's
+    assert report["target_vs_source_max_abs_diff"] < 1e-4
+    assert report["saved_vs_source_max_abs_diff"] < 1e-4
+    assert os.path.exists(os.path.join(workdir, "up_tp2", "latest_checkpointed_iteration.txt"))
 
 
 def last_report(out: str) -> dict:
