@@ -185,6 +185,10 @@ def test_convert_reshard_tp2(workdir, upcycled):
     report = json.loads(out)
     assert glob.glob(os.path.join(workdir, "up_tp2", "**", "*.distcp"), recursive=True)
     assert "2" in json.dumps(report)
+    # the logits of the TP=2 model and of its reloaded checkpoint equal the source's
+    assert report["target_vs_source_max_abs_diff"] < 1e-4
+    assert report["saved_vs_source_max_abs_diff"] < 1e-4
+    assert os.path.exists(os.path.join(workdir, "up_tp2", "latest_checkpointed_iteration.txt"))
 
 
 def last_report(out: str) -> dict:
@@ -206,14 +210,19 @@ def test_convert_export_hf_then_import_hf(workdir, upcycled):
 
 # --------------------------------------------------------------------------- launch
 def test_launch_local_two_processes_trains(workdir):
+    """A real NeMo-Run launch (LocalExecutor + torchrun, 2 gloo processes): the suite's only one
+    (tests/bridge/test_launch.py checks the executor it builds)."""
     nemo_vwn(["launch", "--recipe", "tiny_vwn_moe_cpu", "--nproc-per-node", "2", "--output",
               "launched", *TINY_TRAIN], workdir)
+    experiments = os.path.join(clean_env(workdir)["NEMORUN_HOME"], "experiments")
+    assert glob.glob(os.path.join(experiments, "**", "SUCCESS"), recursive=True)
     run = json.load(open(os.path.join(workdir, "launched", "run.json")))
     assert run["provider"] == "VWNModelProvider" and run["train_iters"] == 4
-    for rank in (0, 1):
+    for rank in (0, 1):  # both torchrun workers trained 4 iterations (DP=2, one microbatch each)
         records = json.load(open(os.path.join(workdir, "launched", "records",
                                               f"losses.rank{rank}.json")))
         assert [step for step, _, _ in records["train"]] == [1, 2, 3, 4]
+        assert all(loss == loss and tokens > 0 for _, loss, tokens in records["train"])
 
 
 @pytest.mark.parametrize("recipe,nodes", [("tiny_vwn_moe_cpu", 1), ("paper_moe_a3p3b_vwn_r8", 2)])

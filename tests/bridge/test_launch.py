@@ -1,4 +1,5 @@
-"""NeMo-Run launchers: the task command, a Slurm dry run and a real 2-process local launch.
+"""NeMo-Run launchers: the task command, a Slurm dry run and the local executor (the real
+2-process local launch is tests/test_cli.py's, through the installed entry point).
 
 No fixture prepares the runtime: the submitting process must work as it is on a machine without
 CUDA or Transformer Engine (the tasks apply what they need themselves).
@@ -10,13 +11,11 @@ that need it skip with that reason; the rest run always.
 
 import glob
 import importlib.util
-import json
 import os
 import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_NEMO_RUN = (
     "nemo-run is not installed: it is the optional extra nemo-vwn[run], left out of the CPU dev "
     "stack because nemo-run 0.11.1 would downgrade anyio, httpx and urllib3 (through leptonai)"
@@ -136,21 +135,18 @@ def test_cli_slurm_dryrun(nemo_run_home, tmp_path, capsys):
 
 
 @needs_nemo_run
-def test_local_two_process_launch_trains(nemo_run_home, tmp_path):
-    """A real NeMo-Run launch: LocalExecutor + torchrun, 2 gloo processes, 4 iterations."""
+def test_local_executor_runs_torchrun_of_this_environment():
+    """The executor ``nemo-vwn launch`` uses locally; the real 2-process launch through it (the
+    CLI's ``launch`` -> ``run_cli`` -> ``launch.launch``) trains in
+    tests/test_cli.py::test_launch_local_two_processes_trains (one such launch in the suite: it
+    costs two megatron processes)."""
     from nemo_vwn.bridge import launch
 
-    output = tmp_path / "run"
-    executor = launch.local_executor(nproc_per_node=2, env_vars={
-        "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1"})
-    launch.launch("tiny_vwn_moe_cpu", executor, output=str(output), overrides=[
-        "train.train_iters=4", "train.global_batch_size=8", "train.micro_batch_size=4",
-        "validation.eval_iters=0", "checkpoint.save_interval=1000", "logger.log_interval=1"])
-    assert glob.glob(str(nemo_run_home / "experiments" / "**" / "SUCCESS"), recursive=True)
-    description = json.loads((output / "run.json").read_text())
-    assert description["provider"] == "VWNModelProvider" and description["train_iters"] == 4
-    for rank in (0, 1):  # both torchrun workers trained 4 iterations (DP=2, one microbatch each)
-        records = json.loads((output / "records" / f"losses.rank{rank}.json").read_text())
-        assert [step for step, _, _ in records["train"]] == [1, 2, 3, 4]
-        assert all(loss == loss and tokens > 0 for _, loss, tokens in records["train"])
+    executor = launch.local_executor(nproc_per_node=2, env_vars={"OMP_NUM_THREADS": "1"})
+    assert executor.ntasks_per_node == 2 and executor.launcher == "torchrun"
+    assert executor.env_vars["OMP_NUM_THREADS"] == "1"
+    assert executor.env_vars["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    script = launch.pretrain_script("tiny_vwn_moe_cpu", ["train.train_iters=4"], output="/o")
+    assert (script.path, script.entrypoint, script.m) == ("nemo_vwn.cli", "python", True)
+    assert script.args == ["pretrain", "--recipe", "tiny_vwn_moe_cpu", "--output", "/o",
+                           "train.train_iters=4"]
