@@ -82,7 +82,10 @@ def evaluate_rank(rank: int, world_size: int, checkpoint: str, data_dir: str, se
             torch.stack([s["loss_mask"] for s in batch]).float(), mask)
         sums = [a + b for a, b in zip(sums, batch_sums)]
         counts = [a + b for a, b in zip(counts, batch_counts)]
-    result = {"next_token_loss": sums[0] / counts[0], "tokens": int(counts[0])}
+    result = {"next_token_loss": sums[0] / counts[0], "tokens": int(counts[0]),
+              # the loaded model's own size and vocab: what was trained, not what a recipe says
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "vocab_size": model.config.vocab_size}
     for j in range(1, depths + 1):
         result[f"next_{j + 1}_token_loss"] = sums[j] / counts[j]
     return result
