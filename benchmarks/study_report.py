@@ -270,7 +270,7 @@ def plot_paired_deltas(rows: list, path: str) -> str:
     ax.set_yticks(ys)
     ax.set_yticklabels([f"{r[0]} (n={r[3]})" for r in rows], fontsize=7)
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("validation loss delta vs the baseline of the same seed (mean +- sd)")
+    ax.set_xlabel("validation loss delta vs the same-seed baseline (mean +- sd)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path)
