@@ -140,7 +140,12 @@ def evaluate_models_rank(rank: int, world_size: int, models: Sequence, data_dir:
             sums = found[0] if sums is None else [a + b for a, b in zip(sums, found[0])]
             counts = found[1] if counts is None else [a + b for a, b in zip(counts, found[1])]
         result = {"model": path, "kind": kind, "next_token_loss": sums[0] / counts[0],
-                  "tokens": int(counts[0])}
+                  "tokens": int(counts[0]),
+                  # the loaded model's own size and vocab: what was trained, not what a recipe
+                  # says
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "vocab_size": (getattr(model, "vocab_size", None)
+                                 or getattr(model.config, "vocab_size", None))}
         for j in range(1, len(sums)):
             result[f"next_{j + 1}_token_loss"] = sums[j] / counts[j]
         results.append(result)

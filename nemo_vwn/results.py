@@ -1,4 +1,5 @@
-"""Loss curves of training runs, VWN vs baseline: merging records, tokens-to-reach, table, plot.
+"""Loss curves of training runs, VWN vs baseline: merging records, tokens-to-reach, table, plot;
+across seeds: mean / sd, the fit of the loss delta vs log2(r), loss curves with seed bands.
 
 Input: the per-rank ``losses.rank<R>.json`` files ``ProgressRecorder`` writes and the ``run.json``
 the pretrain command writes next to them (tokens per iteration, recipe, VWN fields).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -149,6 +151,86 @@ def plot(curves: Sequence[RunCurve], path: str, window: int = 10, title: str = "
     ax.set_title(title or "loss vs tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ several seeds of one variant
+def mean_sd(values: Sequence[float]) -> tuple:
+    """(mean, sample standard deviation with n - 1; None for a single value) of ``values``."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean_sd needs at least one value")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def fit_log2(points: Sequence[tuple], intercept: bool = True) -> dict:
+    """Least squares ``delta = slope * log2(r) [+ intercept]`` over ``(r, delta)`` points.
+
+    Without an intercept the line goes through (r = 1, delta = 0): VWN at r = 1 equals its
+    baseline and the whole gain grows with log2(r). With one, ``intercept`` is the fitted delta at
+    r = 1 (docs/method.md §7). ``r2`` is 1 - SS_res / SS_tot with SS_tot about the mean delta in
+    both cases, so the two are comparable (it can be negative without an intercept).
+    """
+    xs = [math.log2(r) for r, _ in points]
+    ys = [d for _, d in points]
+    if len(xs) < 2 or len(set(xs)) < (2 if intercept else 1) or not any(xs):
+        raise ValueError(f"fit_log2 needs at least two distinct r (and one r != 1), got "
+                         f"{sorted({r for r, _ in points})}")
+    my = sum(ys) / len(ys)
+    if intercept:
+        mx = sum(xs) / len(xs)
+        slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+                 / sum((x - mx) ** 2 for x in xs))
+        offset = my - slope * mx
+    else:
+        slope, offset = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs), 0.0
+    ss_res = sum((y - (slope * x + offset)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return {"slope": slope, "intercept": offset if intercept else None,
+            "r2": 1 - ss_res / ss_tot if ss_tot else float("nan"), "points": len(xs)}
+
+
+def plot_seed_bands(groups: dict, path: str, window: int = 10, title: str = "",
+                    dpi: int = 100) -> str:
+    """Loss vs tokens per variant over seeds -> PNG: the mean of the smoothed training losses as a
+    line in a min-max band, the mean validation loss as markers. ``groups``: {name: [RunCurve]}
+    (the seeds of one variant share tokens per iteration)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=dpi)
+    for name, curves in groups.items():
+        length = min(len(c.train_loss) for c in curves)
+        smoothed = [smooth(c.train_loss, window)[:length] for c in curves]
+        tokens = curves[0].tokens[:length]
+        mean = [sum(col) / len(col) for col in zip(*smoothed)]
+        line, = ax.plot(tokens, mean, linewidth=1.2,
+                        label=f"{name} train ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        if len(curves) > 1:
+            ax.fill_between(tokens, [min(col) for col in zip(*smoothed)],
+                            [max(col) for col in zip(*smoothed)], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+        evals = [c for c in curves if c.eval_loss]
+        if evals:
+            count = min(len(c.eval_loss) for c in evals)
+            ax.plot([i * evals[0].tokens_per_iteration for i in evals[0].eval_iterations[:count]],
+                    [sum(c.eval_loss[k] for c in evals) / len(evals) for k in range(count)],
+                    "o--", color=line.get_color(), markersize=3, linewidth=0.8)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title((title or "loss vs tokens") + f" (train smoothed {window}; band: seed min-max; "
+                 "o: validation)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)

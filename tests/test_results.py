@@ -57,3 +57,48 @@ def test_plot_writes_a_png(tmp_path):
                             eval_iterations=[3], eval_loss=[3.2])
     path = results.plot([base], str(tmp_path / "plot.png"), window=1)
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_sd_matches_statistics():
+    import statistics
+
+    values = [4.6399, 4.6353, 4.6284]
+    mean, sd = results.mean_sd(values)
+    assert mean == pytest.approx(statistics.mean(values), rel=1e-12)
+    assert sd == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert results.mean_sd([1.5]) == (1.5, None)
+    with pytest.raises(ValueError, match="at least one"):
+        results.mean_sd([])
+
+
+def test_fit_log2_with_and_without_intercept_matches_numpy():
+    import math
+
+    import numpy as np
+
+    rs = [1, 1.5, 2, 4, 8]
+    ys = [-0.014, -0.081, -0.083, -0.094, -0.103]
+    xs = np.log2(rs)
+    with_b = results.fit_log2(list(zip(rs, ys)))
+    slope, offset = np.polyfit(xs, ys, 1)
+    assert with_b["slope"] == pytest.approx(slope, rel=1e-10)
+    assert with_b["intercept"] == pytest.approx(offset, rel=1e-10)
+    assert with_b["r2"] == pytest.approx(np.corrcoef(xs, ys)[0, 1] ** 2, rel=1e-10)
+    origin = results.fit_log2(list(zip(rs, ys)), intercept=False)
+    (ref,), res, *_ = np.linalg.lstsq(xs[:, None], np.array(ys), rcond=None)
+    assert origin["slope"] == pytest.approx(ref, rel=1e-10) and origin["intercept"] is None
+    ss_tot = float(np.sum((np.array(ys) - np.mean(ys)) ** 2))
+    assert origin["r2"] == pytest.approx(1 - float(res[0]) / ss_tot, rel=1e-10)
+    assert origin["r2"] < with_b["r2"]  # a constraint cannot fit better
+    with pytest.raises(ValueError, match="two distinct r"):
+        results.fit_log2([(1, 0.1), (1, 0.2)])
+    assert math.isfinite(results.fit_log2([(1, 0.0), (2, -0.1)])["slope"])
+
+
+def test_plot_seed_bands_writes_a_small_png(tmp_path):
+    curves = [results.RunCurve("b", 10, iterations=[1, 2, 3], train_loss=[5, 4, 3 + s],
+                               eval_iterations=[3], eval_loss=[3.2 + s]) for s in (0, 0.1)]
+    path = results.plot_seed_bands({"baseline": curves, "vwn": curves[:1]},
+                                   str(tmp_path / "bands.png"), window=1)
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 150_000

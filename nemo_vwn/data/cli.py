@@ -84,19 +84,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_dataset(data_dir: str) -> str:
+def ensure_dataset(data_dir: str, vocab_size: Optional[int] = None) -> str:
     """Reuse a dataset built earlier at ``data_dir``, else build the default (stdlib) corpus there
-    (``nemo-vwn compare`` and the token-efficiency benchmark); returns ``data_dir``."""
-    from nemo_vwn.data.build import build_dataset, load_manifest
+    (``nemo-vwn compare`` and the token-efficiency benchmark); returns ``data_dir``.
+    ``vocab_size``: the tokenizer's size when building (default ``DEFAULT_VOCAB_SIZE``; 258 is
+    byte-level); a dataset found there with another vocab size is an error, not reused."""
+    from nemo_vwn.data.build import DEFAULT_VOCAB_SIZE, build_dataset, load_manifest
+    from nemo_vwn.data.errors import DataError
 
     try:
-        load_manifest(data_dir)
-        return data_dir
+        manifest = load_manifest(data_dir)
     except (FileNotFoundError, ValueError):
-        pass
+        manifest = None
+    if manifest is not None:
+        if vocab_size is not None and manifest.vocab_size != vocab_size:
+            raise DataError(f"{data_dir} holds a dataset with vocab_size {manifest.vocab_size}, "
+                            f"not the requested {vocab_size}; choose another data directory")
+        return data_dir
     print(f"[nemo-vwn] building the default dataset (Python standard library) in {data_dir}",
           flush=True)
-    build_dataset(data_dir, overwrite=os.path.exists(data_dir))
+    build_dataset(data_dir, overwrite=os.path.exists(data_dir),
+                  vocab_size=vocab_size or DEFAULT_VOCAB_SIZE)
     return data_dir
 
 
