@@ -68,6 +68,7 @@ def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
         prepare_resume,
         raise_if_stopped,
         run_until_stopped,
+        shield_checkpoint_writer,
     )
 
     plan = prepare_resume(cfg, output_dir, fresh=fresh)
@@ -81,6 +82,7 @@ def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
     )
     if output_dir and int(os.environ.get("RANK", 0)) == 0:
         write_run_description(cfg, output_dir, label)
+    shield_checkpoint_writer(cfg)
     try:
         run_until_stopped(pretrain, cfg, recorder.wrapped,
                           callbacks=checkpoint_callbacks(plan, recorder))
