@@ -17,13 +17,13 @@ Scenarios (each trial: a fresh output directory, the faulty run, then the same c
   iteration 4 (kill-shard, kill-metadata, kill-state, kill-tracker, kill-config, oserror-ENOSPC,
   oserror-EROFS), run through that driver.
 * ``tp2-kill`` (``--layout tp2`` or ``dp2``): ``nemo-vwn pretrain --nproc-per-node 2``; rank 1 is
-  SIGKILLed from outside when iteration 3 ends; torchrun and the surviving rank must end the job
-  within ``--bound`` seconds of the kill; the rerun (same layout) resumes from an intact save.
-* ``sigterm-group``: ``nemo-vwn pretrain --nproc-per-node 2`` in its own process group; SIGTERM to
-  the whole group (the CLI, torchrun, every rank and their helper processes), as ``scancel`` sends
-  it, once the save at iteration 2 is done (so every rank's checkpoint-writer Manager is up and
-  gets the signal too). A checkpoint must be written at the iteration the ranks stopped at before
-  the job ends, and the rerun resumes from it.
+  SIGKILLed from outside once the save at 2 is done; torchrun and the surviving rank must end the
+  job within ``--bound`` seconds of the kill; the rerun (same layout) resumes from an intact save.
+* ``sigterm-group``: ``nemo-vwn pretrain --nproc-per-node 2``; SIGTERM to every process of the job
+  (the CLI, torchrun, every rank and their helper processes; torchrun gives each rank a session of
+  its own), as ``scancel`` sends it, once the save at iteration 2 is done (so every rank's
+  checkpoint-writer Manager is up and gets the signal too). A checkpoint must be written at the
+  iteration the ranks stopped at before the job ends, and the rerun resumes from it.
 
 The two-process scenarios compare with a two-process reference run of the same layout (one per
 layout and invocation). Results: ``<output>/campaign-<scenario>.json`` and one line per trial.
@@ -244,26 +244,68 @@ def point_trial(args, index, fault, reference) -> dict:
     return resume_and_compare(args, output, reference, "single", result)
 
 
-def rank_pid(session: int, rank: int):
-    """The training process of ``rank`` in ``session`` (not its Manager or resource tracker)."""
+def job_processes(root: int) -> list:
+    """``root`` and every process under it. torchrun starts each rank in a session of its own,
+    so a process group does not hold the whole job (a scheduler signals every process of it)."""
     import psutil
 
-    for proc in psutil.process_iter(["cmdline"]):
+    try:
+        top = psutil.Process(root)
+        return [top] + top.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def rank_pid(root: int, rank: int):
+    """The training process of ``rank`` under ``root`` (not its Manager or resource tracker)."""
+    import psutil
+
+    for proc in job_processes(root):
         try:
-            if os.getsid(proc.pid) != session or "nemo_vwn.cli" not in proc.info["cmdline"]:
-                continue
-            if proc.environ().get("RANK") == str(rank) and "LOCAL_RANK" in proc.environ():
+            env = proc.environ()
+            if "nemo_vwn.cli" in proc.cmdline() and env.get("RANK") == str(rank) \
+                    and "LOCAL_RANK" in env:
                 return proc.pid
-        except (psutil.Error, OSError, TypeError):
+        except psutil.Error:
             continue
     return None
 
 
+def _environ(proc) -> dict:
+    try:
+        return proc.environ()
+    except Exception:  # noqa: BLE001 -- gone already
+        return {}
+
+
+def _is_trainer(proc) -> bool:
+    try:
+        return "nemo_vwn.cli" in proc.cmdline()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _alive(proc) -> bool:
+    try:
+        return proc.is_running() and proc.status() != "zombie"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def kill_all(procs: list, sig=signal.SIGKILL) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except Exception:  # noqa: BLE001 -- gone already
+            pass
+
+
 def tp2_kill_trial(args, index, reference) -> dict:
     output = fresh_dir(args, f"{args.layout}-kill{index:02d}")
-    run, killed_at = Run(command(args, output, args.layout), output), None
-    for _, line in run.lines():
-        if "iteration        3/" in line:
+    run, killed_at, procs = Run(command(args, output, args.layout), output), None, []
+    for _, line in run.lines():  # rank 0 logs saves; megatron's iteration lines: the last rank
+        if "successfully saved checkpoint from iteration       2" in line:
+            procs = job_processes(run.proc.pid)
             pid = rank_pid(run.proc.pid, 1)
             if pid:
                 os.kill(pid, signal.SIGKILL)
@@ -274,6 +316,7 @@ def tp2_kill_trial(args, index, reference) -> dict:
     finally:
         ended = time.monotonic()
         run.end_session()
+        kill_all(procs)
     seconds = None if killed_at is None else round(ended - killed_at, 1)
     left = states(output)
     ok = killed_at is not None and status != 0 and seconds < args.bound \
@@ -287,21 +330,24 @@ def tp2_kill_trial(args, index, reference) -> dict:
 
 def sigterm_group_trial(args, index, reference) -> dict:
     output = fresh_dir(args, f"{args.layout}-sigterm{index:02d}")
-    run, sent = Run(command(args, output, args.layout), output), None
+    run, sent, procs = Run(command(args, output, args.layout), output), None, []
     for _, line in run.lines():  # once the save at 2 is done (the writer's Manager is up)
         if "successfully saved checkpoint from iteration       2" in line:
-            os.killpg(run.proc.pid, signal.SIGTERM)  # scancel: every process of the job step
+            procs = job_processes(run.proc.pid)  # scancel: every process of the job step
+            kill_all(procs, signal.SIGTERM)
             sent = time.monotonic()
             break
-    try:  # only the CLI is waited on: it exits at the signal; the ranks run on to their save
+    try:  # the CLI exits at the signal; the ranks run on to their save
         status = run.proc.wait(timeout=TIMEOUT)
         deadline = time.monotonic() + args.bound
-        while time.monotonic() < deadline and rank_pid(run.proc.pid, 0):
+        ranks = [p for p in procs if "LOCAL_RANK" in _environ(p) and _is_trainer(p)]
+        while time.monotonic() < deadline and any(map(_alive, ranks)):
             time.sleep(0.2)
-        ranks_left = rank_pid(run.proc.pid, 0) is not None
+        ranks_left = any(map(_alive, ranks))
     finally:
         ended = time.monotonic()
         run.end_session()
+        kill_all(procs)
     logs = ""
     for name in sorted(os.listdir(os.path.join(output, "logs"))):
         with open(os.path.join(output, "logs", name), errors="replace") as handle:
@@ -310,8 +356,10 @@ def sigterm_group_trial(args, index, reference) -> dict:
              for line in (logs + run.console()).splitlines() if "stopped at iteration" in line]
     left = states(output)
     newest = max((i for i, s in left if s == "intact"), default=0)
-    ok = sent is not None and not ranks_left and bool(stops) and newest == stops[0] > 2
+    ok = sent is not None and bool(ranks) and not ranks_left and bool(stops) \
+        and newest == stops[0] > 2
     result = dict(trial=index, layout=args.layout, exit=status, stopped_at=stops[:1],
+                  signalled=len(procs), ranks_signalled=len(ranks),
                   ranks_gone_after_s=round(ended - sent, 1) if sent else None,
                   left=left, passed=ok)
     if not ok:
@@ -330,6 +378,9 @@ def describe(result: dict) -> str:
 
 def reference_run(args, layout: str, cache: dict) -> tuple:
     """(every rank's loss records, longest save) of an uninterrupted run of ``layout``."""
+    ref_dir = os.path.join(args.output, f"reference-{layout}")
+    if layout not in cache and args.reuse_reference and os.path.isdir(ref_dir):
+        cache[layout] = records(ref_dir), 1.0  # (the save time is only used by sigkill)
     if layout not in cache:
         started = time.monotonic()
         ref_dir = fresh_dir(args, f"reference-{layout}")
@@ -393,6 +444,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="stop starting trials after this long (the trials run are reported)")
     parser.add_argument("--keep", action="store_true", help="keep each trial's directory")
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="two-process scenarios: reuse <output>/reference-<layout>")
     args = parser.parse_args(argv)
     scenarios = args.scenario.split(",")
     unknown = sorted(set(scenarios) - set(SCENARIOS))
