@@ -14,8 +14,8 @@ Scenarios (each trial: a fresh output directory, the faulty run, then the same c
   the trackers, ``run_config.yaml``, the manifest, or just after. The phase hit is read off the
   files the kill left.
 * ``points``: every deterministic fault of tests/reliability/fault_driver.py at the save of
-  iteration 4 (kill-shard, kill-metadata, kill-state, kill-tracker, kill-config, oserror-ENOSPC,
-  oserror-EROFS), run through that driver.
+  iteration 4 (kill-shard, kill-metadata, kill-state, kill-tracker, kill-config, kill-manifest,
+  oserror-ENOSPC, oserror-EROFS), run through that driver.
 * ``tp2-kill`` (``--layout tp2`` or ``dp2``): ``nemo-vwn pretrain --nproc-per-node 2``; rank 1 is
   SIGKILLed from outside once the save at 2 is done; torchrun and the surviving rank must end the
   job within ``--bound`` seconds of the kill; the rerun (same layout) resumes from an intact save.
@@ -49,7 +49,7 @@ from nemo_vwn.bridge import checkpoints as ck  # noqa: E402
 RECIPE = "tiny_vwn_dense_cpu"
 LAYOUTS = {"single": [], "dp2": [], "tp2": ["model.tensor_model_parallel_size=2"]}
 POINTS = ("kill-shard", "kill-metadata", "kill-state", "kill-tracker", "kill-config",
-          "oserror-ENOSPC", "oserror-EROFS")
+          "kill-manifest", "oserror-ENOSPC", "oserror-EROFS")
 SCENARIOS = ("sigkill", "points", "tp2-kill", "sigterm-group")
 TIMEOUT = 1200
 
@@ -237,7 +237,9 @@ def point_trial(args, index, fault, reference) -> dict:
     status, _, console = run_to_end(command(args, output, fault=f"{fault}@{at}"), output)
     left = states(output)
     killed = status == -signal.SIGKILL if fault.startswith("kill") else status not in (0, -9)
-    ok = killed and (args.interval, "intact") in left and (at, "intact") not in left
+    # kill-manifest: the save itself is complete (intact without a manifest); the others: not
+    ok = killed and (args.interval, "intact") in left \
+        and ((at, "intact") in left) == (fault == "kill-manifest")
     result = dict(trial=index, fault=f"{fault}@{at}", exit=status, left=left, passed=ok)
     if not ok:
         result["fault_log_tail"] = console[-3000:]
@@ -398,7 +400,8 @@ def run_scenario(args, scenario: str, cache: dict, started: float) -> dict:
     layout = args.layout if scenario in ("tp2-kill", "sigterm-group") else "single"
     reference, save_time = reference_run(args, layout, cache)
     rng = random.Random(args.seed)
-    cases = list(POINTS) * args.trials if scenario == "points" else list(range(args.trials))
+    points = args.points.split(",") if args.points else list(POINTS)
+    cases = points * args.trials if scenario == "points" else list(range(args.trials))
     results, begun = [], time.monotonic()
     for index, case in enumerate(cases):
         if args.budget_minutes and time.monotonic() - started > 60 * args.budget_minutes:
@@ -444,6 +447,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="stop starting trials after this long (the trials run are reported)")
     parser.add_argument("--keep", action="store_true", help="keep each trial's directory")
+    parser.add_argument("--points", default=None,
+                        help=f"points: the faults to inject (default all: {', '.join(POINTS)})")
     parser.add_argument("--reuse-reference", action="store_true",
                         help="two-process scenarios: reuse <output>/reference-<layout>")
     args = parser.parse_args(argv)

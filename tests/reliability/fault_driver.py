@@ -10,6 +10,7 @@ iteration), or several of them separated by commas:
     kill-state      SIGKILL after ``.metadata``, before ``train_state.pt`` and the trackers
     kill-tracker    SIGKILL half-way through copying ``latest_train_state.pt`` (a torn tracker)
     kill-config     SIGKILL after the trackers, before ``run_config.yaml``
+    kill-manifest   SIGKILL after the save, before nemo-vwn's callback writes the manifest
     oserror-ENOSPC  OSError(ENOSPC) raised while a shard is written (disk full)
     oserror-EROFS   OSError(EROFS) raised while a shard is written (read-only file system)
     nan             the loss of that training iteration (and later ones) is NaN
@@ -153,6 +154,18 @@ def _install_one(kind: str, at: int, saving: dict, act) -> None:
             return original_yaml(self, *args, **kwargs)
 
         ConfigContainer.to_yaml = to_yaml
+    elif kind == "kill-manifest":
+        from nemo_vwn.bridge import resume
+
+        original_manifest = resume.write_manifest
+
+        def write_manifest(path, *args, **kwargs):
+            if armed():
+                fired.append(True)
+                act()
+            return original_manifest(path, *args, **kwargs)
+
+        resume.write_manifest = write_manifest
     elif kind in ("nan", "kill-rank1"):
         original_step = gpt_step.forward_step
 
