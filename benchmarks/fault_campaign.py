@@ -162,6 +162,8 @@ def phase(save_dir: str, iteration: int) -> str:
     path = ck.iteration_dir(save_dir, iteration)
     if not os.path.isdir(path):
         return "before the save's directory"
+    if any(i > iteration for i in ck.list_iterations(save_dir)):
+        return "after the save (training went on)"
     has = set(os.listdir(path))
     named, _ = ck.read_tracker(save_dir)
     if ".metadata" not in has:
@@ -190,7 +192,12 @@ def resume_and_compare(args, output: str, reference: dict, layout: str, result: 
     resumed = next((line.split("resuming from ")[1].strip() for _, line in lines
                     if "resuming from " in line),
                    "finished: nothing to do" if "already trained to" in console else "iteration 0")
+    # a rerun says where it resumed or that it is finished; anything else restarted silently
+    said = any("resuming from " in line for _, line in lines) or "already trained to" in console
     exact = status == 0 and records(output) == reference
+    if not said and any(state == "intact" for _, state in result.get("left", [])):
+        result["silent_restart"] = True
+        exact = False
     result.update(resumed=resumed, resume_exit=status, exact=exact,
                   resume_seconds=round(time.monotonic() - started, 1))
     if not exact:
