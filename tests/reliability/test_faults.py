@@ -34,6 +34,7 @@ OVERRIDES = [f"train.train_iters={ITERS}", "checkpoint.save_interval=2",
              "model.hidden_dropout=0.1"]
 TIMEOUT = 900
 SURVIVOR_BOUND = 120  # seconds from a rank's death to the end of the job
+MARKER = "NEMO_VWN_FAULT_TEST_RUN"  # in every process a run starts: leftovers are found by it
 
 
 def _command(output, fault="none", overrides=(), nproc=1):
@@ -60,7 +61,8 @@ def _start(output, fault="none", overrides=(), nproc=1):
     a pipe open."""
     os.makedirs(os.path.dirname(str(output)), exist_ok=True)
     log = open(f"{output}.log", "w")
-    proc = subprocess.Popen(_command(output, fault, overrides, nproc), cwd=REPO_ROOT, env=_env(),
+    proc = subprocess.Popen(_command(output, fault, overrides, nproc), cwd=REPO_ROOT,
+                            env=dict(_env(), **{MARKER: str(output)}),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return proc
@@ -74,8 +76,21 @@ def _finish(proc, output):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _end_marked(str(output))  # torchrun gives each rank a session of its own
     with open(f"{output}.log") as handle:
         return code, handle.read()
+
+
+def _end_marked(output):
+    """SIGKILL every process started for ``output`` (marked in its environment by ``_start``)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER) == output:
+                proc.kill()
+        except psutil.Error:
+            continue
 
 
 def _run(output, fault="none", overrides=(), nproc=1, expect=0):
