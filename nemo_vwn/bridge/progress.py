@@ -28,7 +28,8 @@ from nemo_vwn.bridge.console import echo
 
 class ProgressRecorder:
     def __init__(self, forward_step: Callable, train_iters: int, record_dir: Optional[str],
-                 interval: int = 10, label: str = "nemo-vwn", start_iteration: int = 0):
+                 interval: int = 10, label: str = "nemo-vwn", start_iteration: int = 0,
+                 flush_interval: Optional[int] = None):
         self.forward_step = forward_step
         self.train_iters = train_iters
         self.record_dir = record_dir
@@ -38,6 +39,10 @@ class ProgressRecorder:
         self.eval_records: list = []  # (iteration, loss_sum, tokens) per evaluation microbatch
         self._train_calls = 0
         self._start_iteration = start_iteration
+        # write the records after the last microbatch of every iteration that is saved (a
+        # multiple of checkpoint.save_interval, the last one): on disk before its checkpoint is
+        # complete, so a run killed between the save and its callbacks loses no record
+        self.flush_interval = flush_interval
         self._started = None
         self._window_loss = [0.0, 0]
         self._layout = None
@@ -64,10 +69,14 @@ class ProgressRecorder:
         iteration = self._iteration(state, training)
         if self._layout is None:
             self._layout = _parallel_ranks()
+        last = False
         if training:
             self._train_calls += 1
+            last = self._train_calls % max(1, _microbatches()) == 0
             if self._started is None:
                 self._started = (time.monotonic(), iteration)
+        saved = bool(self.flush_interval) and (iteration % self.flush_interval == 0
+                                               or iteration == self.train_iters)
 
         def recording_loss(*args, **kwargs):
             result = loss_func(*args, **kwargs)
@@ -77,9 +86,11 @@ class ProgressRecorder:
             if training:
                 self._window_loss[0] += loss_sum
                 self._window_loss[1] += tokens
+                if last and saved:
+                    self.write()
             return result
 
-        if training and self._train_calls % max(1, _microbatches()) == 0:
+        if last:
             self._report(iteration)
         return output, recording_loss
 

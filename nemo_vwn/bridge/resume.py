@@ -258,6 +258,34 @@ def check_compatible(cfg, iter_dir: str) -> list:
     return []
 
 
+def shield_checkpoint_writer(cfg) -> bool:
+    """Start megatron's checkpoint-writer Manager now, with the exit signal ignored in it.
+
+    Every synchronous ``torch_dist`` save passes its write results through a multiprocessing
+    Manager (a ``spawn`` child that megatron starts at the first save and keeps). A scheduler that
+    stops a job (``scancel``, a preemption) sends SIGTERM to every process of the job: the Manager
+    dies of it, while Bridge's exit-signal handler in the trainer goes on to save a checkpoint --
+    through the dead Manager, and the save fails (BrokenPipeError). A signal ignored in the
+    parent stays ignored in the spawned child, so the Manager is started here with the signal
+    ignored for that moment; it still ends with the run (multiprocessing's finalizer asks it to
+    shut down, then sends SIGKILL). Returns whether the Manager was started."""
+    import signal
+
+    ckpt, train = cfg.checkpoint, cfg.train
+    if not (ckpt.save and train.exit_signal_handler and not ckpt.async_save
+            and ckpt.ckpt_format == "torch_dist"):
+        return False
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    exit_signal = getattr(train, "exit_signal", signal.SIGTERM)
+    previous = signal.signal(exit_signal, signal.SIG_IGN)
+    try:
+        filesystem_async.get_write_results_queue()
+    finally:
+        signal.signal(exit_signal, previous)
+    return True
+
+
 class TrainingStopped(SystemExit):
     """Training stopped before ``train.train_iters`` (a signal): exit status 143, as SIGTERM's."""
 

@@ -68,6 +68,7 @@ def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
         prepare_resume,
         raise_if_stopped,
         run_until_stopped,
+        shield_checkpoint_writer,
     )
 
     plan = prepare_resume(cfg, output_dir, fresh=fresh)
@@ -78,9 +79,11 @@ def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
         forward_step or gpt_forward_step, train_iters,
         record_dir=os.path.join(output_dir, "records") if output_dir else None,
         interval=max(1, train_iters // 20), label=label, start_iteration=plan.iteration,
+        flush_interval=cfg.checkpoint.save_interval if cfg.checkpoint.save else None,
     )
     if output_dir and int(os.environ.get("RANK", 0)) == 0:
         write_run_description(cfg, output_dir, label)
+    shield_checkpoint_writer(cfg)
     try:
         run_until_stopped(pretrain, cfg, recorder.wrapped,
                           callbacks=checkpoint_callbacks(plan, recorder))

@@ -2,17 +2,24 @@
 
     python -m tests.reliability.fault_driver FAULT -- pretrain --recipe NAME ...   (or torchrun -m)
 
-FAULT is ``none`` or ``KIND@ITERATION`` (the save of that iteration, or that training iteration):
+FAULT is ``none`` or ``KIND@ITERATION`` (the save of that iteration, or that training
+iteration), or several of them separated by commas:
 
     kill-shard      SIGKILL after the first item of a shard file is written (shards partial)
     kill-metadata   SIGKILL when every shard is written, before torch writes ``.metadata``
     kill-state      SIGKILL after ``.metadata``, before ``train_state.pt`` and the trackers
     kill-tracker    SIGKILL half-way through copying ``latest_train_state.pt`` (a torn tracker)
     kill-config     SIGKILL after the trackers, before ``run_config.yaml``
+    kill-manifest   SIGKILL after the save, before nemo-vwn's callback writes the manifest
     oserror-ENOSPC  OSError(ENOSPC) raised while a shard is written (disk full)
     oserror-EROFS   OSError(EROFS) raised while a shard is written (read-only file system)
     nan             the loss of that training iteration (and later ones) is NaN
     kill-rank1      rank 1 SIGKILLs itself when that training iteration starts (DP=2 under torchrun)
+
+``snap-KIND@ITERATION`` (KIND one of the kill-* above): instead of dying at that point, copy the
+save directory to ``<save>.snapshots/KIND`` -- what a SIGKILL there would leave on disk (written
+bytes are in the files whether or not the process lives on) -- and go on. One uninterrupted run
+thus yields every kill point's leftovers and the reference losses.
 
 The patches wrap upstream functions around their own call; nothing else changes.
 """
@@ -34,33 +41,60 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _snapshot(save_dir: str, kind: str) -> None:
+    """What a SIGKILL at this point would leave: the save directory as it is on disk now."""
+    import shutil
+
+    target = os.path.join(f"{save_dir}.snapshots", kind)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(save_dir, target)
+    print(f"[fault] snapshot {kind} -> {target}", flush=True)
+
+
 def install(fault: str) -> None:
     if fault == "none":
         return
-    kind, at = fault.split("@")
-    at = int(at)
     from nemo_vwn.runtime import prepare_runtime
 
     prepare_runtime()
-    from megatron.bridge.training import checkpointing, gpt_step
-    from megatron.bridge.training.config import ConfigContainer
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.bridge.training import checkpointing
 
-    saving = {"step": None}
+    saving = {"step": None, "dir": None}
     original_save = checkpointing.save_checkpoint
 
     @functools.wraps(original_save)
     def save_checkpoint(state, *args, **kwargs):
         saving["step"] = int(state.train_state.step)
+        saving["dir"] = state.cfg.checkpoint.save
         try:
             return original_save(state, *args, **kwargs)
         finally:
             saving["step"] = None
 
     checkpointing.save_checkpoint = save_checkpoint
+    for one in fault.split(","):
+        kind, at = one.split("@")
+        snap = kind.startswith("snap-")
+        kind = kind[len("snap-"):] if snap else kind
 
-    def armed() -> bool:
-        return saving["step"] == at
+        def act(kind=kind, snap=snap):
+            if snap:
+                _snapshot(saving["dir"], kind)
+            else:
+                _die()
+
+        _install_one(kind, int(at), saving, act)
+
+
+def _install_one(kind: str, at: int, saving: dict, act) -> None:
+    from megatron.bridge.training import checkpointing, gpt_step
+    from megatron.bridge.training.config import ConfigContainer
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    fired = []
+
+    def armed() -> bool:  # once per fault (a snapshot fault lets the save go on)
+        return saving["step"] == at and not fired
 
     if kind in ("kill-shard", "oserror-ENOSPC", "oserror-EROFS"):
         original_write = filesystem_async._write_item
@@ -75,7 +109,8 @@ def install(fault: str) -> None:
                 for arg in args:
                     if hasattr(arg, "flush"):
                         arg.flush()
-                _die()
+                fired.append(True)
+                act()
             return result
 
         filesystem_async._write_item = write_item
@@ -85,10 +120,12 @@ def install(fault: str) -> None:
 
         def finish(self, *args, **kwargs):
             if armed() and kind == "kill-metadata":
-                _die()
+                fired.append(True)
+                act()
             result = original_finish(self, *args, **kwargs)
-            if armed():
-                _die()
+            if armed() and kind == "kill-state":
+                fired.append(True)
+                act()
             return result
 
         writer.finish = finish
@@ -102,7 +139,8 @@ def install(fault: str) -> None:
                 with open(src, "rb") as source, open(dst, "wb") as target:
                     data = source.read()
                     target.write(data[: len(data) // 2])
-                _die()
+                fired.append(True)
+                act()
             return original_copy(src, dst, *args, **kwargs)
 
         shutil.copy = copy
@@ -111,10 +149,23 @@ def install(fault: str) -> None:
 
         def to_yaml(self, *args, **kwargs):
             if armed():
-                _die()
+                fired.append(True)
+                act()
             return original_yaml(self, *args, **kwargs)
 
         ConfigContainer.to_yaml = to_yaml
+    elif kind == "kill-manifest":
+        from nemo_vwn.bridge import resume
+
+        original_manifest = resume.write_manifest
+
+        def write_manifest(path, *args, **kwargs):
+            if armed():
+                fired.append(True)
+                act()
+            return original_manifest(path, *args, **kwargs)
+
+        resume.write_manifest = write_manifest
     elif kind in ("nan", "kill-rank1"):
         original_step = gpt_step.forward_step
 
@@ -130,7 +181,7 @@ def install(fault: str) -> None:
 
         gpt_step.forward_step = forward_step
     else:
-        raise SystemExit(f"unknown fault {fault!r}")
+        raise SystemExit(f"unknown fault {kind!r}")
 
 
 def main(argv=None) -> int:
