@@ -187,13 +187,12 @@ def default_seq_length(models: Sequence) -> Optional[int]:
     """The sequence length of the first checkpoint among ``models`` that was trained on a dataset
     (its ``run_config.yaml``), else the first checkpoint model's (e.g. an upcycled checkpoint
     records only the model's), else None."""
-    import yaml
+    from nemo_vwn.bridge.checkpoints import read_saved_config
 
     found = {"dataset": None, "model": None}
     for kind, path in models:
         if kind == "checkpoint":
-            with open(os.path.join(path, "run_config.yaml")) as handle:
-                saved = yaml.safe_load(handle) or {}
+            saved = read_saved_config(path)
             for section in found:
                 value = (saved.get(section) or {}).get("seq_length")
                 found[section] = found[section] or (int(value) if value else None)

@@ -80,23 +80,6 @@ def split_pretrained(pretrained: Optional[str], overrides: Sequence[str]):
     return (choices.pop() if choices else None), rest
 
 
-def read_saved_config(iteration_dir: str) -> dict:
-    """The ``run_config.yaml`` of a checkpoint iteration as a dict (no megatron import)."""
-    import yaml
-
-    from nemo_vwn.bridge.checkpoints import CheckpointError
-
-    path = os.path.join(iteration_dir, "run_config.yaml")
-    try:
-        with open(path) as handle:
-            saved = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise CheckpointError(f"{path} has no model section: not a Megatron-Bridge checkpoint")
-    return saved
-
-
 def check_pretrained_checkpoint(path: str, overrides: Sequence[str] = (),
                                 data_dir: Optional[str] = None) -> str:
     """The intact iteration directory of ``path`` (``--from``), checked before megatron is
@@ -107,7 +90,7 @@ def check_pretrained_checkpoint(path: str, overrides: Sequence[str] = (),
 
     import yaml
 
-    from nemo_vwn.bridge.checkpoints import CheckpointError
+    from nemo_vwn.bridge.checkpoints import CheckpointError, read_saved_config
     from nemo_vwn.convert.checkpoint import resolve_checkpoint
 
     where = f"--from {path}"

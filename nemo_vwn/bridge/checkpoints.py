@@ -236,6 +236,21 @@ def write_manifest(iter_dir: str, checksums: Optional[bool] = None) -> str:
 
 
 # --------------------------------------------------------------------------- a save directory
+def read_saved_config(iteration_dir: str) -> dict:
+    """The ``run_config.yaml`` of a checkpoint iteration as a dict (no megatron import)."""
+    import yaml
+
+    path = os.path.join(iteration_dir, "run_config.yaml")
+    try:
+        with open(path) as handle:
+            saved = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{path} has no model section: not a Megatron-Bridge checkpoint")
+    return saved
+
+
 def read_tracker(save_dir: str) -> tuple:
     """(iteration or None, problems): what the trackers name, Bridge's first as Bridge reads."""
     problems = []
