@@ -146,11 +146,18 @@ def plot(curves: Sequence[RunCurve], path: str, window: int = 10, title: str = "
             ax.plot([i * curve.tokens_per_iteration for i in curve.eval_iterations],
                     curve.eval_loss, "o--", color=line.get_color(), markersize=4,
                     label=f"{curve.name} validation")
+    ax.set_title(title or "loss vs tokens")
+    return save_loss_figure(fig, ax, path, legend_fontsize=8)
+
+
+def save_loss_figure(fig, ax, path: str, legend_fontsize: int) -> str:
+    """Label the loss-vs-tokens axes, add grid and legend, write ``path`` (its folder made)."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or "loss vs tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
@@ -225,14 +232,6 @@ def plot_seed_bands(groups: dict, path: str, window: int = 10, title: str = "",
             ax.plot([i * evals[0].tokens_per_iteration for i in evals[0].eval_iterations[:count]],
                     [sum(c.eval_loss[k] for c in evals) / len(evals) for k in range(count)],
                     "o--", color=line.get_color(), markersize=3, linewidth=0.8)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
     ax.set_title((title or "loss vs tokens") + f" (train smoothed {window}; band: seed min-max; "
                  "o: validation)", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_loss_figure(fig, ax, path, legend_fontsize=7)
