@@ -308,7 +308,8 @@ def _cmd_compare(args, overrides) -> int:
     base = results.load_run(os.path.join(output, entry.twin), name=entry.twin)
     window = max(1, min(10, len(base.train_loss) // 10))
     summary = results.compare(vwn, base, window=window)
-    table = results.markdown_table(summary, args.recipe, entry.twin)
+    summary["noise"] = results.noise_note(summary, args.recipe, iterations=vwn.iterations[-1])
+    table = results.markdown_table(summary, args.recipe, entry.twin) + "\n" + summary["noise"]
     png = results.plot([base, vwn], os.path.join(output, "loss_vs_tokens.png"), window=window,
                        title=f"{args.recipe} vs {entry.twin}")
     summary["wall_seconds"] = time.monotonic() - started

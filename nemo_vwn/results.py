@@ -93,17 +93,61 @@ def compare(vwn: RunCurve, baseline: RunCurve, window: int = 10) -> dict:
     vwn_final = smooth(vwn.train_loss, window)[-1]
     reach = tokens_to_reach(vwn, base_final, window)
     base_tokens = baseline.tokens[-1]
+    base_eval = baseline.eval_loss[-1] if baseline.eval_loss else None
+    vwn_eval = vwn.eval_loss[-1] if vwn.eval_loss else None
     return {
         "baseline_final_train_loss": base_final,
         "vwn_final_train_loss": vwn_final,
         "delta_train_loss": vwn_final - base_final,
-        "baseline_final_eval_loss": baseline.eval_loss[-1] if baseline.eval_loss else None,
-        "vwn_final_eval_loss": vwn.eval_loss[-1] if vwn.eval_loss else None,
+        "baseline_final_eval_loss": base_eval,
+        "vwn_final_eval_loss": vwn_eval,
+        "delta_eval_loss": (vwn_eval - base_eval) if None not in (vwn_eval, base_eval) else None,
         "baseline_tokens": base_tokens,
         "vwn_tokens_to_reach_baseline_final": reach,
         "token_ratio": (base_tokens / reach) if reach else None,
         "smoothing_window": window,
     }
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """What several seeds of one VWN recipe vs its baseline twin measured: the paired
+    validation-loss delta's mean and sample sd, at ``iterations`` training iterations."""
+    seeds: int
+    mean_delta_eval: float
+    sd_delta_eval: float
+    iterations: int
+    source: str
+
+
+MEASURED_SPREAD = {
+    # seeds 1234, 1, 2 of `nemo-vwn compare`'s recipe pair on the stdlib corpus, the current
+    # collapse init; the runs, command and per-seed losses: docs/results.md section 1.6
+    "tiny_vwn_moe_cpu": SeedSpread(3, -0.0681, 0.0367, 300, "docs/results.md section 1.6"),
+}
+"""recipe -> its measured seed spread (``noise_note``); add a recipe when it is measured."""
+
+
+def noise_note(summary: dict, recipe: str, iterations: Optional[int] = None) -> str:
+    """How much of one run's VWN-vs-baseline result may be noise: the recipe's measured seed
+    spread (``MEASURED_SPREAD``) next to this run's validation delta, or that none is known."""
+    spread = MEASURED_SPREAD.get(recipe)
+    delta = summary.get("delta_eval_loss")
+    if spread is None:
+        return (f"noise: one seed, and the seed spread of {recipe} has not been measured: repeat "
+                "with other rng.seed=... values (or benchmarks/token_efficiency.py --seeds 1 2 3) "
+                "before reading the delta or the token ratio")
+    text = (f"noise: one seed. Over {spread.seeds} seeds ({spread.source}, "
+            f"{spread.iterations} iterations) this recipe's validation delta was "
+            f"{spread.mean_delta_eval:+.3f} +- {spread.sd_delta_eval:.3f} (sd)")
+    if delta is not None:
+        k = abs(delta - spread.mean_delta_eval) / spread.sd_delta_eval
+        text += (f"; this run's {delta:+.4f} is {k:.1f} sd from that mean, and one run cannot "
+                 f"tell a delta within about {2 * spread.sd_delta_eval:.2f} (2 sd) from zero")
+    if iterations is not None and iterations != spread.iterations:
+        text += (f" (this run trained {iterations} iterations, the spread was measured at "
+                 f"{spread.iterations})")
+    return text + "; the token ratio was not measured per seed and is noisier than the delta"
 
 
 def markdown_table(summary: dict, vwn_name: str, base_name: str) -> str:
@@ -124,6 +168,8 @@ def markdown_table(summary: dict, vwn_name: str, base_name: str) -> str:
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     ratio = summary["token_ratio"]
     lines.append("")
+    if summary.get("delta_eval_loss") is not None:
+        lines.append(f"delta validation loss (VWN - baseline): {summary['delta_eval_loss']:+.4f}")
     lines.append(f"delta train loss (VWN - baseline): {summary['delta_train_loss']:+.4f}; "
                  + (f"token efficiency: VWN reaches the baseline's final loss with "
                     f"{ratio:.2f}x fewer tokens" if ratio else

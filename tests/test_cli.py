@@ -158,6 +158,9 @@ def test_compare_tiny_writes_table_and_plot(workdir, dataset):
     assert len(table) >= 3 and "tiny_vwn_dense_cpu" in table[0] and "tiny_dense_cpu" in table[0]
     summary = json.load(open(os.path.join(workdir, "compare", "summary.json")))
     assert summary["wall_seconds"] > 0
+    # one seed: the table says how much of it may be noise (this recipe's spread is unmeasured)
+    assert "noise: one seed, and the seed spread of tiny_vwn_dense_cpu has not been measured" in out
+    assert summary["noise"].startswith("noise: one seed")
     assert os.path.getsize(os.path.join(workdir, "compare", "loss_vs_tokens.png")) > 1000
     for recipe in ("tiny_vwn_dense_cpu", "tiny_dense_cpu"):
         log = os.path.join(workdir, "compare", recipe, "logs", "pretrain.rank0.log")

@@ -52,6 +52,29 @@ def test_compare_reports_token_efficiency():
     assert "1.33x fewer tokens" in table and "| 30 |" in table
 
 
+def test_noise_note_puts_one_run_beside_the_measured_seed_spread():
+    base = results.RunCurve("base", 10, iterations=[1, 2], train_loss=[5, 4],
+                            eval_iterations=[2], eval_loss=[4.5])
+    vwn = results.RunCurve("vwn", 10, iterations=[1, 2], train_loss=[5, 3.9],
+                           eval_iterations=[2], eval_loss=[4.4])
+    summary = results.compare(vwn, base, window=1)
+    assert summary["delta_eval_loss"] == pytest.approx(-0.1)
+    assert "delta validation loss (VWN - baseline): -0.1000" in results.markdown_table(
+        summary, "vwn", "base")
+    # the spread of docs/results.md 1.6: validation losses of three seeds, recomputed here
+    base_val, vwn_val = [6.0947, 6.1288, 6.1338], [6.0670, 6.0516, 6.0344]
+    deltas = [v - b for v, b in zip(vwn_val, base_val)]
+    mean, sd = results.mean_sd(deltas)
+    spread = results.MEASURED_SPREAD["tiny_vwn_moe_cpu"]
+    assert (spread.mean_delta_eval, spread.sd_delta_eval) == (round(mean, 4), round(sd, 4))
+    note = results.noise_note(summary, "tiny_vwn_moe_cpu", iterations=300)
+    k = abs(-0.1 - spread.mean_delta_eval) / spread.sd_delta_eval
+    assert f"-0.1000 is {k:.1f} sd from that mean" in note and "(2 sd)" in note
+    assert "this run trained" not in note
+    assert "this run trained 50 iterations" in results.noise_note(summary, "tiny_vwn_moe_cpu", 50)
+    assert "has not been measured" in results.noise_note(summary, "tiny_vwn_dense_cpu")
+
+
 def test_plot_writes_a_png(tmp_path):
     base = results.RunCurve("base", 10, iterations=[1, 2, 3], train_loss=[5, 4, 3],
                             eval_iterations=[3], eval_loss=[3.2])
