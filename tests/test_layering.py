@@ -51,6 +51,7 @@ RANKS = {
     "nemo_vwn.hybrid_model": 4,
     "nemo_vwn.optim": 4,
     "nemo_vwn.profiling": 4,
+    "nemo_vwn.diagnostics": 4,
     "nemo_vwn.builders": 4,
     "nemo_vwn.results": 4,
     "nemo_vwn": 4,  # the package __init__: re-exports the public model API
