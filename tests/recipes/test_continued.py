@@ -6,8 +6,6 @@ same one that is upcycled, so the recipe is built exactly as Bridge writes it, w
 """
 
 import os
-import sys
-import types
 
 import pytest
 import torch
@@ -18,24 +16,15 @@ N, M = 3, 2
 VOCAB = 128
 
 
-def bridge_recipe_module(monkeypatch):
+def bridge_recipe_module():
     """``megatron.bridge.recipes.qwen.h100.qwen3``, imported without running
-    ``megatron/bridge/recipes/__init__.py``: that one imports every family's recipes, the
-    diffusion ones (flux, wan) included, which need ``diffusers`` (not installed here). The
-    package is stood in for by a bare module with the same ``__path__`` for this test only."""
-    import megatron.bridge
-
+    ``megatron/bridge/recipes/__init__.py`` (it imports every family's recipes, flux's included,
+    which need ``diffusers``: not installed here), as tests/bridge/test_apply.py does."""
     from nemo_vwn.runtime import prepare_runtime
+    from tests.bridge.test_apply import import_bridge_recipe
 
     prepare_runtime()  # the CPU shim: Bridge's PEFT modules import transformer_engine
-    for name in [n for n in sys.modules if n.startswith("megatron.bridge.recipes")]:
-        monkeypatch.delitem(sys.modules, name)
-    stub = types.ModuleType("megatron.bridge.recipes")
-    stub.__path__ = [os.path.join(os.path.dirname(megatron.bridge.__file__), "recipes")]
-    monkeypatch.setitem(sys.modules, "megatron.bridge.recipes", stub)
-    from megatron.bridge.recipes.qwen.h100 import qwen3
-
-    return qwen3
+    return import_bridge_recipe("megatron.bridge.recipes.qwen.h100.qwen3")
 
 
 @pytest.fixture
@@ -60,7 +49,7 @@ def test_continue_from_the_qwen3_bridge_recipe(upcycled_qwen3, monkeypatch):
     from nemo_vwn.bridge.provider import VWNModelProvider
     from nemo_vwn.recipes.continued import continue_from
 
-    qwen3 = bridge_recipe_module(monkeypatch)
+    qwen3 = bridge_recipe_module()
     from_hf_pretrained = qwen3.AutoBridge.from_hf_pretrained
     asked = []
 
