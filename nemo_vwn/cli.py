@@ -171,37 +171,10 @@ def _cmd_recipes(args, overrides) -> int:
     return 0
 
 
-def patch_table() -> list[tuple[str, str, str]]:
-    """(name, reason, versions) of every patch, read from the patch modules' source: listing the
-    patches imports none of them (several import torch or megatron)."""
-    import ast
-    import importlib.util
-
-    def literals(module: str) -> dict:
-        with open(importlib.util.find_spec(module).origin) as handle:
-            tree = ast.parse(handle.read())
-        values = {}
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                    and isinstance(node.targets[0], ast.Name):
-                try:
-                    values[node.targets[0].id] = ast.literal_eval(node.value)
-                except ValueError:
-                    pass
-        return values
-
-    rows = []
-    for name in literals("nemo_vwn.patches")["PATCHES"]:
-        values = literals(f"nemo_vwn.patches.{name}")
-        versions = values.get("APPLIES_TO", "?")
-        if isinstance(versions, dict):
-            versions = ", ".join(f"{package}{spec}" for package, spec in versions.items())
-        rows.append((name, values.get("REASON", "?"), versions))
-    return rows
-
-
 def _cmd_patches(args, overrides) -> int:
-    for name, reason, versions in patch_table():
+    from nemo_vwn.patches import read_table  # standard library only: imports no patch
+
+    for name, reason, versions in read_table():
         print(f"{name}  [{versions}]\n    {reason}")
     return 0
 

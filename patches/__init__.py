@@ -32,3 +32,33 @@ def describe() -> list[tuple[str, str, str]]:
         mod = import_module(f"{__name__}.{name}")
         rows.append((name, mod.REASON, format_applies_to(mod.APPLIES_TO)))
     return rows
+
+
+def read_table() -> list[tuple[str, str, str]]:
+    """(name, reason, versions) of every patch, read from the patch modules' source: unlike
+    ``describe``, it imports none of them (several import torch or megatron), for `nemo-vwn
+    patches`."""
+    import ast
+    import importlib.util
+
+    def literals(module: str) -> dict:
+        with open(importlib.util.find_spec(module).origin) as handle:
+            tree = ast.parse(handle.read())
+        values = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                try:
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+        return values
+
+    rows = []
+    for name in PATCHES:
+        values = literals(f"{__name__}.{name}")
+        versions = values.get("APPLIES_TO", "?")
+        if isinstance(versions, dict):
+            versions = ", ".join(f"{package}{spec}" for package, spec in versions.items())
+        rows.append((name, values.get("REASON", "?"), versions))
+    return rows

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -74,18 +75,18 @@ def dataset(work):
     return build_dataset(work / "data", max_docs=40, vocab_size=400)
 
 
-def trained_llama(data_dir, vocab_size: int, steps: int = 40):
-    """A tiny Llama trained ``steps`` Adam steps on the first tokens of the dataset."""
+def dataset_tokens(data_dir) -> torch.Tensor:
+    """The first 200k token ids of the dataset's training document file."""
     import numpy as np
-    import transformers as tf
 
-    torch.manual_seed(0)
-    model = tf.LlamaForCausalLM(tf.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
-    tokens = torch.from_numpy(np.fromfile(os.path.join(data_dir, "text_document.bin"),
-                                          dtype=np.uint16)[:200_000].astype(np.int64))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    return torch.from_numpy(np.fromfile(os.path.join(data_dir, "text_document.bin"),
+                                        dtype=np.uint16)[:200_000].astype(np.int64))
+
+
+def trained(model, data_dir, steps: int = 40, lr: float = 3e-3):
+    """``model`` (a transformers causal LM) trained ``steps`` Adam steps on the dataset."""
+    tokens = dataset_tokens(data_dir)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         starts = torch.randint(0, len(tokens) - 65, (8,), generator=gen)
@@ -95,6 +96,17 @@ def trained_llama(data_dir, vocab_size: int, steps: int = 40):
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def trained_llama(data_dir, vocab_size: int, steps: int = 40):
+    """A tiny Llama trained ``steps`` Adam steps on the first tokens of the dataset."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+    return trained(model, data_dir, steps)
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +213,110 @@ def test_continued_recipe_in_python_and_the_resume_precedence(work, dataset, upc
     plan = prepare_resume(fresh, str(work / "new"))
     assert plan.iteration == 0 and fresh.checkpoint.load is None
     assert any("starting from the pretrained weights" in m for m in plan.messages)
+
+
+# --------------------------------------------------------------------------- an MoE family
+MOE_N, MOE_M, MOE_EXPERTS = 4, 2, 4
+MOE_LAYOUT = ["model.expert_model_parallel_size=2"]
+MOE_ITERS = 16
+MOE_TRAIN = [f"train.train_iters={MOE_ITERS}", "train.global_batch_size=32",
+             "train.micro_batch_size=8", f"validation.eval_interval={MOE_ITERS}",
+             "validation.eval_iters=1", "logger.log_interval=1",
+             f"checkpoint.save_interval={MOE_ITERS}", "scheduler.lr_warmup_iters=2",
+             f"scheduler.lr_decay_iters={MOE_ITERS}", "optimizer.lr=3e-3", "optimizer.min_lr=3e-4"]
+
+
+def iteration_losses(run_dir):
+    """({iteration: training loss per token of the global batch (every rank's microbatches)},
+    the standard error of one iteration's loss from the spread of its microbatches' losses)."""
+    totals, microbatches = {}, {}
+    for name in sorted(os.listdir(os.path.join(run_dir, "records"))):
+        records = json.load(open(os.path.join(run_dir, "records", name)))
+        for step, total, tokens in records["train"]:
+            loss, count = totals.get(step, (0.0, 0))
+            totals[step] = (loss + total, count + tokens)
+            microbatches.setdefault(step, []).append(total / tokens)
+    variances = [statistics.variance(v) / len(v) for v in microbatches.values()]
+    return ({step: loss / count for step, (loss, count) in sorted(totals.items())},
+            math.sqrt(statistics.mean(variances)))
+
+
+def test_qwen3_moe_continues_at_ep2_and_exports(work, dataset, megatron_cpu_session):
+    """A Qwen3-MoE (4 experts, top-2, QK norms), briefly trained with transformers, upcycled at
+    (n, m) = (4, 2), continued for 16 iterations by two processes at EP=2 (``pretrain
+    --nproc-per-node 2``), then exported back to Hugging Face.
+
+    EP=2 rather than TP=2 + sequence parallel: EP is the layout only an MoE family has (each rank
+    holds 2 of the 4 experts, and the tokens are exchanged between the ranks by the MoE
+    dispatcher, while the attention, GHC, collapse and embedding are data-parallel), and it is
+    the one a continued MoE run has not trained in otherwise; TP=2 + SP of the tiny MoE recipe
+    trains in tests/bridge/test_pretrain.py.
+
+    The loss margin: an iteration's loss is its global batch's (32 x 64 tokens, both ranks);
+    iteration 1 is before any update. Batches differ, so two iterations' losses differ by noise
+    even without learning; its size is estimated from the spread of the microbatches' losses
+    within each iteration (4 per iteration), and the fall from the mean of iterations 1-4 to
+    that of the last 4 must exceed 4 standard errors of the difference of two such means. The
+    HF model is trained only a few steps (far below a random model's loss, and still learning
+    fast); trained longer, its further fall is within that noise."""
+    import transformers as tf
+
+    from nemo_vwn.bridge.checkpoints import read_saved_config
+    from nemo_vwn.convert.upcycle_hf import upcycle_hf
+
+    started = time.monotonic()
+    torch.manual_seed(0)
+    model = tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(
+        vocab_size=dataset.vocab_size, hidden_size=HIDDEN, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=MOE_EXPERTS, num_experts_per_tok=2, moe_intermediate_size=32,
+        max_position_embeddings=128))
+    trained(model, dataset.output_dir, steps=6, lr=1e-2).save_pretrained(str(work / "moe_hf"))
+    report = upcycle_hf(str(work / "moe_hf"), str(work / "moe_up"), n=MOE_N, m=MOE_M)
+    assert report["model_type"] == "qwen3_moe" and report["virtual_width_n"] == MOE_N
+    print(f"trained + upcycled in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    out, err = nemo_vwn(["pretrain", "--nproc-per-node", 2, "--recipe", "tiny_vwn_moe_cpu",
+                         "--from", "moe_up", "--data", dataset.output_dir, "--output", "moe_cont",
+                         *MOE_TRAIN, *MOE_LAYOUT], work)
+    seconds = time.monotonic() - started
+    assert "starting from the pretrained weights of" in out + err
+    run = json.load(open(work / "moe_cont" / "run.json"))
+    # the checkpoint's model (the recipe's is D = 64), at the layout asked for
+    assert (run["hidden_size"], run["num_moe_experts"]) == (HIDDEN, MOE_EXPERTS)
+    assert (run["vwn"]["virtual_width_n"], run["vwn"]["virtual_width_m"]) == (MOE_N, MOE_M)
+    assert run["layout"]["expert_model_parallel_size"] == 2, run["layout"]
+    assert run["layout"]["tensor_model_parallel_size"] == 1
+    assert sorted(os.listdir(work / "moe_cont" / "records")) == ["losses.rank0.json",
+                                                                 "losses.rank1.json"]
+    losses, noise = iteration_losses(work / "moe_cont")
+    assert list(losses) == list(range(1, MOE_ITERS + 1))
+    uniform = math.log(dataset.vocab_size)
+    print(f"EP=2 continued run ({seconds:.1f} s): losses "
+          f"{' -> '.join(f'{x:.4f}' for x in losses.values())} (uniform {uniform:.4f}, "
+          f"standard error of one iteration {noise:.4f})")
+    print(f"mean of iterations 1-4 vs the last 4: "
+          f"{statistics.mean(list(losses.values())[:4]):.4f} -> "
+          f"{statistics.mean(list(losses.values())[-4:]):.4f}")
+    assert losses[1] < uniform - 0.3  # the pretrained weights: far below a random model's
+    first = statistics.mean(losses[i] for i in range(1, 5))  # iterations 1-4
+    last = statistics.mean(losses[i] for i in range(MOE_ITERS - 3, MOE_ITERS + 1))  # the last 4
+    # 4 standard errors of the difference of two means of 4 iterations' losses
+    assert last < first - 4 * math.sqrt(2 / 4) * noise, losses
+    assert losses[MOE_ITERS] < losses[1], losses
+    saved = work / "moe_cont" / "checkpoints" / f"iter_{MOE_ITERS:07d}"
+    assert saved.is_dir()
+    assert read_saved_config(str(saved))["model"]["expert_model_parallel_size"] == 2
+    # the upcycled and further-trained MoE goes back out (transformers vs Megatron verified)
+    out, _ = nemo_vwn(["convert", "export-hf", "--checkpoint", "moe_cont/checkpoints",
+                       "--output", "moe_cont_hf", "--n", MOE_N, "--m", MOE_M], work)
+    exported = last_json(out)
+    print(f"export-hf max rel logit diff {exported['max_rel_logit_diff']:.3g}")
+    assert exported["checkpoint"].endswith(f"iter_{MOE_ITERS:07d}")
+    assert exported["config"]["num_experts"] == MOE_EXPERTS
+    assert exported["max_rel_logit_diff"] <= 1e-4
+    config = json.load(open(work / "moe_cont_hf" / "config.json"))
+    assert (config["virtual_width_n"], config["num_experts"]) == (MOE_N, MOE_EXPERTS)
 
 
 # --------------------------------------------------------------------------- errors

@@ -92,19 +92,26 @@ def run_pretrain(cfg, output_dir: Optional[str] = None, label: str = "nemo-vwn",
     raise_if_stopped(plan, train_iters)
 
 
+LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+               "context_parallel_size", "expert_model_parallel_size", "sequence_parallel")
+"""The model-parallel layout ``run.json`` records (data parallelism is what is left)."""
+
+
 def write_run_description(cfg, output_dir: str, label: str) -> str:
-    """``run.json``: what nemo_vwn.results needs to turn loss records into loss-vs-tokens."""
+    """``run.json``: what nemo_vwn.results needs to turn loss records into loss-vs-tokens, and
+    the model-parallel layout the run used."""
     model = cfg.model
     seq_length = cfg.dataset.seq_length if cfg.dataset is not None else model.seq_length
     vwn = {f: getattr(model, f) for f in ("virtual_width_m", "virtual_width_n", "ghc_dynamic",
                                           "vwn_embedding", "vwn_collapse") if hasattr(model, f)}
+    layout = {f: getattr(model, f, None) for f in LAYOUT_KEYS}
     description = dict(
         recipe=label, provider=type(model).__name__, vwn=vwn or None,
         seq_length=seq_length, global_batch_size=cfg.train.global_batch_size,
         tokens_per_iteration=seq_length * cfg.train.global_batch_size,
         train_iters=cfg.train.train_iters, num_layers=model.num_layers,
         hidden_size=model.hidden_size, num_moe_experts=model.num_moe_experts,
-        mtp_num_layers=model.mtp_num_layers,
+        mtp_num_layers=model.mtp_num_layers, layout=layout,
     )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "run.json")

@@ -82,3 +82,7 @@ def test_patch_registry_describes_every_patch():
     assert {name for name, _, _ in rows} == {"cpu_runtime", "pipeline_shapes", "bridge_imports",
                                              "bridge_cpu", "bridge_provider"}
     assert all(reason and versions for _, reason, versions in rows)
+    # `nemo-vwn patches` reads the same table from the sources without importing the patches
+    from nemo_vwn.patches import read_table
+
+    assert read_table() == rows
