@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vwn_overhead import add_model_arguments, model_shape  # noqa: E402  (benchmarks/)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--moe", action="store_true")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=4096)
+    add_model_arguments(parser)  # the same backbone flags and shapes as vwn_overhead.py
     parser.add_argument("--m", type=int, default=2)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--ghc-impl", default="compile", choices=("torch", "compile", "auto"))
@@ -47,10 +48,7 @@ def main() -> None:
         vwn_config,
     )
 
-    shape = dict(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=8,
-                 ffn_hidden_size=4 * args.hidden)
-    if args.moe:
-        shape.update(num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=args.hidden)
+    shape = model_shape(args)
     input_ids, position_ids, labels = random_batch(args.batch, args.seq, args.vocab)
     mask = causal_mask(args.seq)
     build = dict(vocab_size=args.vocab, seq=args.seq)

@@ -34,14 +34,28 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser) -> None:
+    """The backbone and batch flags shared with ``benchmarks/profile_step.py``."""
     parser.add_argument("--moe", action="store_true", help="8 experts, top-2 (default: dense)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4096)
+
+
+def model_shape(args) -> dict:
+    """Backbone fields of the baseline and VWN configs from ``add_model_arguments``' flags."""
+    shape = dict(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=8,
+                 ffn_hidden_size=4 * args.hidden)
+    if args.moe:
+        shape.update(num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=args.hidden)
+    return shape
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--m", type=int, default=8, choices=(2, 4, 8),
                         help="m of the r = 2, 4, 8 rows (r = 1.5 is always (2, 3))")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model (0: no timing)")
@@ -76,10 +90,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shape = dict(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=8,
-                 ffn_hidden_size=4 * args.hidden)
-    if args.moe:
-        shape.update(num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=args.hidden)
+    shape = model_shape(args)
     if dtype == torch.bfloat16:
         shape.update(bf16=True, params_dtype=torch.bfloat16)
     batch = [t.to(device) for t in random_batch(args.batch, args.seq, args.vocab)]
