@@ -62,25 +62,22 @@ def probe_wide_state(model: torch.nn.Module, forward: Callable[[], object]) -> l
     name in ``model``), in call order; the model's outputs are discarded."""
     from nemo_vwn.ghc import GHC
 
-    found, originals = [], {}
-    for name, module in model.named_modules():
-        if isinstance(module, GHC):
-            originals[name] = module.read
-
-            def observed(hidden_states, _module=module, _name=name):
-                s, b, _ = hidden_states.shape
-                H = hidden_states.view(s, b, _module.n, _module.d)  # [s, b, n, d]
-                found.append(dict(name=_name, **ghc_usage(_module, H)))
-                return originals[_name](hidden_states)
-
-            module.read = observed
-    if not originals:
+    found = []
+    ghcs = [(name, module) for name, module in model.named_modules() if isinstance(module, GHC)]
+    if not ghcs:
         raise ValueError("probe_wide_state: the model has no GHC module (not a VWN model)")
+    for name, module in ghcs:
+        def observed(hidden_states, _module=module, _name=name, _read=module.read):
+            s, b, _ = hidden_states.shape
+            H = hidden_states.view(s, b, _module.n, _module.d)  # [s, b, n, d]
+            found.append(dict(name=_name, **ghc_usage(_module, H)))
+            return _read(hidden_states)
+
+        module.read = observed
     try:
         with torch.no_grad():
             forward()
     finally:
-        for name, module in model.named_modules():
-            if name in originals:
-                del module.read  # back to the class's method
+        for _, module in ghcs:
+            del module.read  # back to the class's method
     return found
