@@ -59,6 +59,6 @@ def read_table() -> list[tuple[str, str, str]]:
         values = literals(f"{__name__}.{name}")
         versions = values.get("APPLIES_TO", "?")
         if isinstance(versions, dict):
-            versions = ", ".join(f"{package}{spec}" for package, spec in versions.items())
+            versions = format_applies_to(versions)
         rows.append((name, values.get("REASON", "?"), versions))
     return rows
