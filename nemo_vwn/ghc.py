@@ -183,6 +183,24 @@ class GHC(MegatronModule):
         return self.backend.write(self, branch_output, state, bias=bias, dropout_p=dropout_p,
                                   training=training, seed=seed)
 
+    def write_read(self, branch_output: Tensor, state, next_ghc: "GHC") -> tuple[Tensor, object]:
+        """``next_ghc.read(self.write(branch_output, state))``: this GHC's write (eq. 3) and the
+        next GHC's read (eq. 1) of the wide state it writes, as one step. The attention GHC's
+        write and the MLP GHC's read are adjacent in every GPT layer, so a backend with a fused
+        ``write_read`` (the compiled one) runs both in one region: one call instead of two, and
+        the new wide state is not read back from memory. Otherwise the two calls are composed;
+        they are also composed when ``next_ghc.read`` is observed (an instance attribute, as
+        ``diagnostics.probe_wide_state`` sets) so an observer still sees every read.
+
+        branch_output: [s, b, D]  ->  (x [s, b, D], next_ghc's backend state)
+        """
+        fused = getattr(self.backend, "write_read", None)
+        if (fused is None or type(next_ghc.backend) is not type(self.backend)
+                or (next_ghc.n, next_ghc.m, next_ghc.d) != (self.n, self.m, self.d)
+                or "read" in vars(next_ghc) or "write" in vars(self)):
+            return next_ghc.read(self.write(branch_output, state))
+        return fused(self, branch_output, state, next_ghc)
+
     def forward(self, hidden_states: Tensor, branch) -> Tensor:
         """Convenience: write(branch(read(h))) for a branch taking and returning [s, b, D]."""
         x, state = self.read(hidden_states)

@@ -9,6 +9,8 @@ Data flow of a GPT layer (the hidden state between layers is the wide state [s, 
     h' --GHC_mlp.read-->   x [s,b,D] --(pre-MLP norm, MLP/MoE, bias+dropout)-->  z
        --GHC_mlp.write(z)-->   h''
 
+(GHC_attn.write and GHC_mlp.read are one ``GHC.write_read`` call: a backend may fuse them.)
+
 Everything inside a branch is Megatron's own code (``_forward_attention`` / ``_forward_mlp``: norms,
 attention, MLP, MoE routing and dispatch, selective recompute of norms/MLP, offloading); the VWN
 spec only swaps the ``*_bda`` slots for a branch-only bias+dropout (``bias_dropout.py``) so those
@@ -82,20 +84,25 @@ class VWNLayerMixin:
             hidden_states, args = args[0], args[1:]
         context = kwargs.get("context")
 
-        if self.self_attention_ghc is not None:
-            x, state = self.self_attention_ghc.read(hidden_states)  # x: [s, b, D]
+        attention_ghc, mlp_ghc = self.self_attention_ghc, self.mlp_ghc
+        if attention_ghc is not None:
+            x, state = attention_ghc.read(hidden_states)  # x: [s, b, D]
             z, context = self._forward_attention(x, *args, **kwargs)  # z = F_attn(x): [s, b, D]
-            hidden_states = self.self_attention_ghc.write(z, state)  # [s, b, n*d]
+            if mlp_ghc is None:
+                hidden_states = attention_ghc.write(z, state)  # [s, b, n*d]
+            else:  # write the wide state and read the MLP's input from it in one step
+                x, state = attention_ghc.write_read(z, state, mlp_ghc)
+        elif mlp_ghc is not None:
+            x, state = mlp_ghc.read(hidden_states)
 
-        if self.mlp_ghc is not None:
-            x, state = self.mlp_ghc.read(hidden_states)
+        if mlp_ghc is not None:
             z = self._forward_mlp(
                 x,
                 kwargs.get("inference_context", None),
                 padding_mask=kwargs.get("padding_mask", None),
                 packed_seq_params=kwargs.get("packed_seq_params", None),
             )
-            hidden_states = self.mlp_ghc.write(z, state)
+            hidden_states = mlp_ghc.write(z, state)
 
         return _viewless(hidden_states), context
 

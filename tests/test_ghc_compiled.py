@@ -107,6 +107,46 @@ def test_bias_dropout_and_recompute(megatron_cpu):
     assert_close(run(rec, H, z), run(comp, H, z), 1e-6)
 
 
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_write_read_is_one_fused_region_equal_to_write_then_read(monkeypatch, dynamic):
+    """GHC.write_read (the attention GHC's write + the MLP GHC's read, as in a layer) on the
+    compiled backend: one compiled "write_read" call (no separate write/read), the same forward
+    and gradients as the torch reference's write then read; an observed read is composed."""
+    from nemo_vwn.kernels import ghc_compiled
+
+    m, n = 2, 4
+    ref1, comp1 = make_pair(m, n, dynamic, seed=21)
+    ref2, comp2 = make_pair(m, n, dynamic, seed=22)
+    gen = torch.Generator().manual_seed(5)
+    H, z = torch.randn(S, B, n * D, generator=gen), torch.randn(S, B, m * D, generator=gen)
+
+    def two_ghcs(g1, g2):
+        """read -> branch -> write_read -> branch -> write -> loss -> backward."""
+        Hin = H.detach().clone().requires_grad_(True)
+        x1, state = g1.read(Hin)
+        x2, state = g1.write_read(z + x1.sin(), state, g2)
+        out = g2.write(z * x2.cos(), state)
+        w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        for g in (g1, g2):
+            g.zero_grad(set_to_none=True)
+        ((out * w).sum() + x2.tanh().sum()).backward()
+        grads = {f"{i}.{k}": p.grad for i, g in enumerate((g1, g2))
+                 for k, p in g.named_parameters()}
+        return dict(x2=x2.detach(), out=out.detach(), dH=Hin.grad, **grads)
+
+    calls = []
+    real = ghc_compiled.compiled
+    monkeypatch.setattr(ghc_compiled, "compiled",
+                        lambda name, key=(): calls.append(name) or real(name, key))
+    want = two_ghcs(copy.deepcopy(ref1).double(), copy.deepcopy(ref2).double())
+    assert_close(two_ghcs(comp1, comp2), want, 2e-6)
+    assert calls == ["read", "write_read", "write"], calls
+    calls.clear()
+    comp2.read = lambda h: GHC.read(comp2, h)  # an observer's wrapper: the fusion steps aside
+    assert_close(two_ghcs(comp1, comp2), want, 2e-6)
+    assert calls == ["read", "write", "read", "write"], calls
+
+
 def test_vwn_gpt_compiled_equals_torch_without_recompiles_or_graph_breaks(megatron_cpu):
     """A 2-layer VWN GPT with MTP: loss and every gradient as with ghc_impl='torch'; after one
     warm-up step, further steps compile nothing (all 6 GHCs share the graphs); no graph break."""

@@ -11,6 +11,11 @@ own ``state`` type (what its write needs from its read); only that backend ever 
 
 ``write`` takes the branch's bias and dropout so a fused backend can apply them inside the write
 (Z = dropout(z + bias)); with bias=None and dropout_p=0 it is the plain eq. 3.
+
+Optional: ``write_read(ghc, z, state, next_ghc) -> (x, next_state)``, equal to
+``next_ghc.read(ghc.write(z, state))`` (the attention GHC's write and the MLP GHC's read, adjacent
+in every layer) in one fused region. ``GHC.write_read`` uses it when both GHCs have this backend
+and composes read and write otherwise (``CompiledGHCBackend`` has it; torch and Triton do not).
 """
 
 from __future__ import annotations

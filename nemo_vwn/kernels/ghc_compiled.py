@@ -16,7 +16,11 @@ backward the inputs (H, the branch output, the small per-token coefficients) and
 pointwise rest. With ``ghc_recompute`` the read runs under megatron's activation checkpoint, as
 on the torch path.
 
-Both halves are compiled once per process and shared by every GHC of the same variant (m, n, d,
+In a layer the attention GHC's write and the MLP GHC's read are one region (``write_read_terms``,
+via ``GHC.write_read``): 3 compiled calls per layer instead of 4, and the new wide state is read by
+the MLP GHC's read inside the loop that wrote it instead of from memory.
+
+The regions are compiled once per process and shared by every GHC of the same variant (m, n, d,
 dtypes, static/dynamic, bias, dropout): the parameters are arguments, not closed-over module state,
 so layers add no recompiles. Each variant gets a copy of the Python function with a code object of
 its own, because torch._dynamo keeps its graph cache, recompile count (limit 8) and automatic-
@@ -89,14 +93,27 @@ def write_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor, bias:
     return (depth + carry).to(out_dtype)
 
 
+def write_read_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor,
+                     static_alpha: Tensor, static_beta: Tensor, gain: Optional[Tensor],
+                     w_a: Optional[Tensor], w_b: Optional[Tensor], s_a: Optional[Tensor],
+                     s_b: Optional[Tensor], eps: float, cdt: torch.dtype, out_dtype: torch.dtype):
+    """One GHC's write then the next GHC's read of the state it wrote, in one graph:
+    z [T, m, d], H [T, n, d] -> (H' [T, n, d], x [T, m, d], A_carry', Bᵀ') of the next GHC.
+    H' is returned (the next write and backward need it); the read uses it from registers."""
+    new_hidden = write_terms(z, H, carry_alpha, beta_t, None, None, out_dtype)
+    return (new_hidden, *read_terms(new_hidden, static_alpha, static_beta, gain, w_a, w_b, s_a,
+                                    s_b, eps, cdt))
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(name: str, key: tuple = ()):
-    """The process-wide compiled ``read_terms`` / ``write_terms`` for one variant ``key``.
+    """The process-wide compiled ``read_terms`` / ``write_terms`` / ``write_read_terms`` for one
+    variant ``key``.
 
     The function is cloned with a code object of its own (named after the key, which also names
     it in profiles): dynamo keeps its graph cache, recompile count and automatic-dynamic state per
     code object."""
-    fn = {"read": read_terms, "write": write_terms}[name]
+    fn = {"read": read_terms, "write": write_terms, "write_read": write_read_terms}[name]
     label = "_".join(str(part).replace("torch.", "") for part in key)
     code = fn.__code__.replace(co_name=f"{fn.__name__}__{label}",
                                co_qualname=f"{fn.__qualname__}__{label}")
@@ -118,26 +135,57 @@ class CompiledGHCBackend:
 
     name = "compile"
 
+    @staticmethod
+    def _read_inputs(ghc, dtype: torch.dtype) -> tuple[tuple, dict, tuple]:
+        """(parameter args, keyword args, variant key) of ``ghc``'s read of a [T, n, d] state of
+        ``dtype``: shared by ``read`` and ``write_read``."""
+        cdt = coefficient_dtype(dtype, ghc.fp32)
+        get = lambda name: getattr(ghc, name, None)  # noqa: E731 - the static GHC has none
+        args = (ghc.static_alpha, ghc.static_beta, get("norm_weight"), get("dynamic_alpha_proj"),
+                get("dynamic_beta_proj"), get("dynamic_alpha_scale"), get("dynamic_beta_scale"))
+        key = (ghc.m, ghc.n, ghc.d, dtype, cdt, "dynamic" if args[2] is not None else "static")
+        return args, dict(eps=float(ghc.eps), cdt=cdt), key
+
     def read(self, ghc, hidden_states: Tensor) -> tuple[Tensor, CompiledGHCState]:
         s, b, _ = hidden_states.shape
         H = hidden_states.view(s * b, ghc.n, ghc.d)  # [T, n, d]
         torch._dynamo.maybe_mark_dynamic(H, 0)  # any token count, one graph
-        cdt = coefficient_dtype(H.dtype, ghc.fp32)
-        get = lambda name: getattr(ghc, name, None)  # noqa: E731 - the static GHC has none
-        args = (ghc.static_alpha, ghc.static_beta, get("norm_weight"), get("dynamic_alpha_proj"),
-                get("dynamic_beta_proj"), get("dynamic_alpha_scale"), get("dynamic_beta_scale"))
-
-        key = (ghc.m, ghc.n, ghc.d, H.dtype, cdt, "dynamic" if args[2] is not None else "static")
+        args, kwargs, key = self._read_inputs(ghc, H.dtype)
         read = compiled("read", key)
 
         def run(H):
-            return read(H, *args, eps=float(ghc.eps), cdt=cdt)
+            return read(H, *args, **kwargs)
 
         if ghc.recompute and torch.is_grad_enabled():
             x, carry_alpha, beta_t = tensor_parallel.checkpoint(run, False, H)
         else:
             x, carry_alpha, beta_t = run(H)
         return x.view(s, b, ghc.m * ghc.d), CompiledGHCState(H, carry_alpha, beta_t)
+
+    def write_read(self, ghc, branch_output: Tensor, state: CompiledGHCState,
+                   next_ghc) -> tuple[Tensor, CompiledGHCState]:
+        """``next_ghc.read(ghc.write(z, state))`` as one compiled region (``GHC.write_read``).
+        Under ``next_ghc``'s GHC recompute the read alone is checkpointed, so the two are
+        composed (as on the torch path)."""
+        if next_ghc.recompute and torch.is_grad_enabled():
+            return next_ghc.read(self.write(ghc, branch_output, state))
+        s, b, _ = branch_output.shape
+        z = branch_output.view(s * b, ghc.m, ghc.d)  # [T, m, d]
+        torch._dynamo.maybe_mark_dynamic(z, 0)
+        args, kwargs, read_key = self._read_inputs(next_ghc, branch_output.dtype)
+        key = self._write_key(ghc, z.dtype, state, False, False) + read_key
+        new_hidden, x, carry_alpha, beta_t = compiled("write_read", key)(
+            z, state.hidden, state.carry_alpha, state.beta_t, *args, **kwargs,
+            out_dtype=branch_output.dtype)
+        return (x.view(s, b, next_ghc.m * next_ghc.d),
+                CompiledGHCState(new_hidden, carry_alpha, beta_t))
+
+    @staticmethod
+    def _write_key(ghc, dtype: torch.dtype, state: CompiledGHCState, bias: bool,
+                   dropout: bool) -> tuple:
+        return (ghc.m, ghc.n, ghc.d, dtype, state.beta_t.dtype,
+                "dynamic" if getattr(ghc, "norm_weight", None) is not None else "static",
+                "bias" if bias else "nobias", "dropout" if dropout else "nodropout")
 
     def write(self, ghc, branch_output: Tensor, state: CompiledGHCState,
               bias: Optional[Tensor] = None, dropout_p: float = 0.0, training: bool = True,
@@ -150,10 +198,7 @@ class CompiledGHCBackend:
         keep_scale = None  # seed: only the Triton write keys its own stream
         if training and dropout_p > 0.0:
             keep_scale = torch.nn.functional.dropout(torch.ones_like(z), p=float(dropout_p))
-        key = (ghc.m, ghc.n, ghc.d, z.dtype, state.beta_t.dtype,
-               "dynamic" if getattr(ghc, "norm_weight", None) is not None else "static",
-               "bias" if bias is not None else "nobias",
-               "dropout" if keep_scale is not None else "nodropout")
+        key = self._write_key(ghc, z.dtype, state, bias is not None, keep_scale is not None)
         out = compiled("write", key)(z, state.hidden, state.carry_alpha, state.beta_t, bias,
                                      keep_scale, branch_output.dtype)
         return out.view(s, b, ghc.n * ghc.d)
