@@ -21,7 +21,8 @@ from tests.workers.tp import tp_parity
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# r = 1.5 (fractional: linear collapse), 2, 4; dense and MoE; factorized embedding once.
+# r = 1.5 (fractional: linear collapse), 2, 4; dense and MoE; factorized embedding once; the
+# compiled GHC backend once (MoE, so TP+SP only).
 TP_CASES = [
     dict(name="r1.5 (2,3) linear", n=3, m=2, vwn_collapse="linear"),
     dict(name="r2 (2,4)", n=4, m=2),
@@ -29,6 +30,7 @@ TP_CASES = [
     dict(name="r2 (2,4) static GHC", n=4, m=2, ghc_dynamic=False),
     dict(name="r2 (2,4) factorized", n=4, m=2, vwn_embedding="factorized"),
     dict(name="r2 (2,4) MoE", n=4, m=2, moe=True),
+    dict(name="r2 (2,4) MoE compiled GHC", n=4, m=2, moe=True, ghc_impl="compile"),
 ]
 
 
@@ -56,6 +58,8 @@ JOBS = [
         dict(name="r2 (2,4) MoE 1F1B", n=4, m=2, moe=True),
         dict(name="r2 (2,4) factorized 1F1B", n=4, m=2, vwn_embedding="factorized"),
         dict(name="r2 (2,4) MTP k=1", n=4, m=2, mtp_num_layers=1),
+        dict(name="r2 (2,4) MTP k=1 compiled GHC", n=4, m=2, mtp_num_layers=1,
+             ghc_impl="compile"),
         dict(name="r1.5 (2,3) MoE MTP k=2", n=3, m=2, moe=True, vwn_collapse="linear",
              mtp_num_layers=2),
     ])),
