@@ -17,8 +17,9 @@ pointwise rest. With ``ghc_recompute`` the read runs under megatron's activation
 on the torch path.
 
 In a layer the attention GHC's write and the MLP GHC's read are one region (``write_read_terms``,
-via ``GHC.write_read``): 3 compiled calls per layer instead of 4, and the new wide state is read by
-the MLP GHC's read inside the loop that wrote it instead of from memory.
+via ``GHC.write_read``): 3 compiled calls per layer instead of 4, and Inductor schedules the read
+in the graph that computes the new wide state (it can fuse the read's pointwise work and reductions
+into the write's loops; the DGHC projection stays an extern matmul on CPU).
 
 The regions are compiled once per process and shared by every GHC of the same variant (m, n, d,
 dtypes, static/dynamic, bias, dropout): the parameters are arguments, not closed-over module state,
@@ -99,7 +100,7 @@ def write_read_terms(z: Tensor, H: Tensor, carry_alpha: Tensor, beta_t: Tensor,
                      s_b: Optional[Tensor], eps: float, cdt: torch.dtype, out_dtype: torch.dtype):
     """One GHC's write then the next GHC's read of the state it wrote, in one graph:
     z [T, m, d], H [T, n, d] -> (H' [T, n, d], x [T, m, d], A_carry', Bᵀ') of the next GHC.
-    H' is returned (the next write and backward need it); the read uses it from registers."""
+    H' is returned: the next GHC's write and the backward need it."""
     new_hidden = write_terms(z, H, carry_alpha, beta_t, None, None, out_dtype)
     return (new_hidden, *read_terms(new_hidden, static_alpha, static_beta, gain, w_a, w_b, s_a,
                                     s_b, eps, cdt))
