@@ -61,8 +61,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model (0: no timing)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--ghc-impl", nargs="+", default=["torch"],
-                        choices=("torch", "triton", "compile", "auto"),
-                        help="GHC backends to time, side by side (default: torch)")
+                        choices=("torch", "triton", "compile", "compile-unfused", "auto"),
+                        help="GHC backends to time, side by side (default: torch); "
+                             "compile-unfused: the compiled backend with each layer's write and "
+                             "next read as two calls (GHC.fuse_write_read = False)")
     parser.add_argument("--shapes", default=None,
                         help="only these (m,n) rows, e.g. '2,3;2,4' (default: all four)")
     args = parser.parse_args()
@@ -80,6 +82,7 @@ def main() -> None:
         stock_config,
         vwn_config,
     )
+    from nemo_vwn.ghc import GHC
     from nemo_vwn.kernels.ghc_compiled import reset_compiled
     from nemo_vwn.profiling import (
         backbone_flops_per_token,
@@ -174,8 +177,13 @@ def main() -> None:
             for recompute in (False, True):
                 torch.manual_seed(0)
                 model = build_vwn_gpt(vwn_config(n=n, m=m, moe=args.moe, vwn_collapse=collapse,
-                                                 ghc_recompute=recompute, ghc_impl=impl, **shape),
+                                                 ghc_recompute=recompute,
+                                                 ghc_impl=impl.removesuffix("-unfused"), **shape),
                                       **build).to(device)
+                if impl.endswith("-unfused"):
+                    for module in model.modules():
+                        if isinstance(module, GHC):
+                            module.fuse_write_read = False
                 acts[impl, recompute] = saved_activation_bytes(model, lambda: forward(model))
                 peaks[impl, recompute] = peak_bytes(model)
                 models[impl, recompute] = model

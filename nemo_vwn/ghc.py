@@ -91,6 +91,9 @@ class GHC(MegatronModule):
         # Chosen once: "torch" (TorchGHCBackend below) | "triton" | "auto" (nemo_vwn.kernels).
         self.impl = getattr(config, "ghc_impl", "torch")
         self.backend = build_backend(self.impl, n, m, reference=TorchGHCBackend)
+        # write_read may use the backend's fused write+read (False: always compose; benchmarks
+        # set it to time the fusion against the composed calls)
+        self.fuse_write_read = True
 
         def param(shape):
             return torch.nn.Parameter(torch.empty(shape, dtype=config.params_dtype))
@@ -195,7 +198,8 @@ class GHC(MegatronModule):
         branch_output: [s, b, D]  ->  (x [s, b, D], next_ghc's backend state)
         """
         fused = getattr(self.backend, "write_read", None)
-        if (fused is None or type(next_ghc.backend) is not type(self.backend)
+        if (fused is None or not self.fuse_write_read
+                or type(next_ghc.backend) is not type(self.backend)
                 or (next_ghc.n, next_ghc.m, next_ghc.d) != (self.n, self.m, self.d)
                 or "read" in vars(next_ghc) or "write" in vars(self)):
             return next_ghc.read(self.write(branch_output, state))

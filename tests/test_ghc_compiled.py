@@ -111,7 +111,8 @@ def test_bias_dropout_and_recompute(megatron_cpu):
 def test_write_read_is_one_fused_region_equal_to_write_then_read(monkeypatch, dynamic):
     """GHC.write_read (the attention GHC's write + the MLP GHC's read, as in a layer) on the
     compiled backend: one compiled "write_read" call (no separate write/read), the same forward
-    and gradients as the torch reference's write then read; an observed read is composed."""
+    and gradients as the torch reference's write then read; composed (same numbers) when
+    ``fuse_write_read`` is off or the next read is observed."""
     from nemo_vwn.kernels import ghc_compiled
 
     m, n = 2, 4
@@ -142,6 +143,11 @@ def test_write_read_is_one_fused_region_equal_to_write_then_read(monkeypatch, dy
     assert_close(two_ghcs(comp1, comp2), want, 2e-6)
     assert calls == ["read", "write_read", "write"], calls
     calls.clear()
+    comp1.fuse_write_read = False  # the benchmarks' switch: composed calls
+    assert_close(two_ghcs(comp1, comp2), want, 2e-6)
+    assert calls == ["read", "write", "read", "write"], calls
+    calls.clear()
+    comp1.fuse_write_read = True
     comp2.read = lambda h: GHC.read(comp2, h)  # an observer's wrapper: the fusion steps aside
     assert_close(two_ghcs(comp1, comp2), want, 2e-6)
     assert calls == ["read", "write", "read", "write"], calls
