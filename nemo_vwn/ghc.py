@@ -191,9 +191,10 @@ class GHC(MegatronModule):
         next GHC's read (eq. 1) of the wide state it writes, as one step. The attention GHC's
         write and the MLP GHC's read are adjacent in every GPT layer, so a backend with a fused
         ``write_read`` (the compiled one) runs both in one region: one call instead of two, and
-        the new wide state is not read back from memory. Otherwise the two calls are composed;
-        they are also composed when ``next_ghc.read`` is observed (an instance attribute, as
-        ``diagnostics.probe_wide_state`` sets) so an observer still sees every read.
+        the compiler may fuse the read into the write's loops. Otherwise the two calls are
+        composed; they are also composed when ``fuse_write_read`` is False or ``next_ghc.read``
+        is observed (an instance attribute, as ``diagnostics.probe_wide_state`` sets) so an
+        observer still sees every read.
 
         branch_output: [s, b, D]  ->  (x [s, b, D], next_ghc's backend state)
         """
