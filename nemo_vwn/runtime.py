@@ -122,29 +122,51 @@ def allow_vwn_checkpoint_targets() -> None:
     register_allowed_target_prefix("nemo_vwn.")
 
 
+_PLAIN_LAUNCH = False  # set by ensure_process_env(): this process was not started by torchrun
+
+
 def ensure_process_env() -> None:
     """Make a plain `python` launch look like a 1-process torchrun launch. Without RANK (not
     started by torchrun) an inherited MASTER_PORT belongs to another job -- e.g. the parent
-    process's own rendezvous, still listening -- so this process gets a free port of its own."""
+    process's own rendezvous, still listening -- so this process gets a free port of its own.
+
+    Such a launch is one process, so its process group is started here on an in-memory store
+    (``init_process_group``): nothing binds that port, which no other process can then take first
+    (EADDRINUSE); Bridge's initialisation finds the group started and uses it."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
+        global _PLAIN_LAUNCH
+        _PLAIN_LAUNCH = True  # RANK etc. are ours now, not torchrun's: no rendezvous to keep
+        init_process_group(rank=0, world_size=1, port=None, rendezvous=False)
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
-def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] = None) -> bool:
-    """Start torch.distributed (gloo on CPU, NCCL on GPU) unless it runs; True if started here."""
+def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] = None,
+                       rendezvous: Optional[bool] = None) -> bool:
+    """Start torch.distributed (gloo on CPU, NCCL on GPU) unless it runs; True if started here.
+
+    ``rendezvous``: meet at MASTER_ADDR:MASTER_PORT (TCPStore). Default: only when there is more
+    than one process, or a port is given or inherited from torchrun."""
     import torch.distributed as dist
 
     if dist.is_initialized():
         return False
-    os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    inherited = os.environ.get("MASTER_PORT") if "RANK" in os.environ else None  # see above
-    os.environ["MASTER_PORT"] = str(port or inherited or free_port())
     backend = "nccl" if cuda_usable() else "gloo"
+    launched = "RANK" in os.environ and not _PLAIN_LAUNCH  # by torchrun (see ensure_process_env)
+    inherited = os.environ.get("MASTER_PORT") if launched else None
+    if rendezvous is None:
+        rendezvous = world_size > 1 or bool(port or inherited)
+    if world_size == 1 and not rendezvous:
+        # One process needs no rendezvous: an in-memory store, so no port is picked (a port from
+        # free_port() can be taken by another process before TCPStore binds it: EADDRINUSE).
+        dist.init_process_group(backend, rank=rank, world_size=1, store=dist.HashStore())
+        return True
+    os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port or inherited or free_port())
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     return True
 
@@ -249,7 +271,7 @@ def single_process(seed: int = 1234) -> Iterator[None]:
         if dist.get_world_size() != 1:
             raise RuntimeError(f"expected one process, got world size {dist.get_world_size()}")
     else:
-        created_group = init_process_group(rank=0, world_size=1, port=free_port())
+        created_group = init_process_group(rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
         created_mpu = True
