@@ -138,19 +138,18 @@ def ensure_process_env() -> None:
                           MASTER_PORT=str(free_port()))
         global _PLAIN_LAUNCH
         _PLAIN_LAUNCH = True  # RANK etc. are ours now, not torchrun's: no rendezvous to keep
-        init_process_group(rank=0, world_size=1, port=None, rendezvous=False)
+        init_process_group(rank=0, world_size=1)
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
-def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] = None,
-                       rendezvous: Optional[bool] = None) -> bool:
+def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] = None) -> bool:
     """Start torch.distributed (gloo on CPU, NCCL on GPU) unless it runs; True if started here.
 
-    ``rendezvous``: meet at MASTER_ADDR:MASTER_PORT (TCPStore). Default: only when there is more
-    than one process, or a port is given or inherited from torchrun."""
+    Processes meet at MASTER_ADDR:MASTER_PORT (TCPStore) when there is more than one, or a port is
+    given or inherited from torchrun; a lone process uses an in-memory store and no port."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -158,9 +157,7 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: Optional[int] =
     backend = "nccl" if cuda_usable() else "gloo"
     launched = "RANK" in os.environ and not _PLAIN_LAUNCH  # by torchrun (see ensure_process_env)
     inherited = os.environ.get("MASTER_PORT") if launched else None
-    if rendezvous is None:
-        rendezvous = world_size > 1 or bool(port or inherited)
-    if world_size == 1 and not rendezvous:
+    if world_size == 1 and not (port or inherited):
         # One process needs no rendezvous: an in-memory store, so no port is picked (a port from
         # free_port() can be taken by another process before TCPStore binds it: EADDRINUSE).
         dist.init_process_group(backend, rank=rank, world_size=1, store=dist.HashStore())

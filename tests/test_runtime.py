@@ -63,14 +63,14 @@ def test_single_process_start_needs_no_free_port():
         assert f"RUNTIME-OK {mode}" in result.stdout
 
 
-def test_explicit_port_still_rendezvous(tmp_path):
+def test_explicit_port_still_rendezvous():
     """A caller that names a port meets there (the multi-process launchers rely on it)."""
     script = r"""
+import datetime
 import torch.distributed as dist
 from nemo_vwn import runtime
 port = runtime.free_port()
 runtime.init_process_group(rank=0, world_size=1, port=port)
-import datetime
 client = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=20))
 client.set("probe", "1")                  # a store listens at the named port
 assert client.get("probe") == b"1"
