@@ -68,6 +68,11 @@ def _child(rank: int, world_size: int, target: str, kwargs: dict, port: int, out
     os.replace(path + ".tmp", path)
 
 
+# A rank whose rendezvous port was taken between free_port() and TCPStore's bind reports this.
+_PORT_TAKEN = ("EADDRINUSE", "address already in use")
+PORT_ATTEMPTS = 3
+
+
 def run_distributed(
     target: str,
     world_size: int,
@@ -77,11 +82,29 @@ def run_distributed(
 ) -> list[Any]:
     """Run ``target(rank=, world_size=, **kwargs)`` on ``world_size`` processes.
 
-    Returns the per-rank values.
+    Returns the per-rank values. The ranks meet at a port picked here; a port is free when picked,
+    not necessarily when rank 0 binds it, so a launch that fails only because the port was taken
+    (EADDRINUSE, before ``target`` did anything else) is retried on a new port, up to
+    ``PORT_ATTEMPTS`` launches in all.
     """
     kwargs = dict(kwargs or {})
     sys_path = list(sys_path) if sys_path is not None else [os.getcwd()]
-    port = free_port()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _launch(target, world_size, kwargs, sys_path, timeout, free_port())
+        except _PortTaken as lost:
+            if attempt == PORT_ATTEMPTS:
+                raise DistributedRunError(
+                    f"{target}: the rendezvous port was taken {attempt} times in a row\n"
+                    f"{lost}") from None
+
+
+class _PortTaken(DistributedRunError):
+    """The ranks could not meet: the picked port was bound by someone else first."""
+
+
+def _launch(target: str, world_size: int, kwargs: dict, sys_path: list, timeout: float,
+            port: int) -> list[Any]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="nemo_vwn_dist_") as out_dir:
         procs = [
@@ -107,7 +130,7 @@ def run_distributed(
                 if proc.is_alive():
                     proc.terminate()
                 proc.join(timeout=30)
-        results, errors = [], []
+        results, errors, port_taken = [], [], False
         for rank, proc in enumerate(procs):
             result = _read(out_dir, rank)
             if result is None:
@@ -117,8 +140,10 @@ def run_distributed(
                 results.append(result["value"])
             else:
                 errors.append(f"rank {rank}:\n{result['error']}")
+                port_taken |= any(mark in result["error"] for mark in _PORT_TAKEN)
         if errors:
-            raise DistributedRunError(f"{target} failed\n" + "\n".join(errors))
+            kind = _PortTaken if port_taken else DistributedRunError
+            raise kind(f"{target} failed\n" + "\n".join(errors))
         return results
 
 
