@@ -80,6 +80,7 @@ def combine(paths: list, baseline_tol: float = 1e-6) -> dict:
 
     studies = [_load(p) for p in paths]
     runs, notes = combine_runs(studies, baseline_tol)
+    study_report.fill_paired_token_ratio(runs)
     windows = sorted({s.get("window") for s in studies})
     table = study_report.aggregate(runs)
     notes = [f"combined from {', '.join(s['path'] for s in studies)}"] + notes

@@ -119,13 +119,28 @@ def pair_with_baselines(rows: list, window: int) -> list:
             tokens=row["curve"].tokens[-1],
             tokens_to_reach_baseline=summary["vwn_tokens_to_reach_baseline_final"],
             token_ratio=summary["token_ratio"],
+            token_ratio_paired=summary["token_ratio_paired"],
             gap_by_progress=_gaps(row["curve"], base["curve"], window),
             wall_seconds=row["eval"].get("wall_seconds")))
     return paired
 
 
 METRICS = ("val_next_token", "val_next_2_token", "delta_next_token", "delta_next_2_token",
-           "final_train_loss", "token_ratio", "wall_seconds")
+           "final_train_loss", "token_ratio", "token_ratio_paired", "wall_seconds")
+
+
+def fill_paired_token_ratio(paired: list) -> list:
+    """Set ``token_ratio_paired`` where a run lacks it (results.json written before it existed):
+    the run's token ratio / its same-seed baseline's own (the baseline's row holds its ratio vs
+    itself), which is ``nemo_vwn.results.compare``'s paired ratio (both divide the same tokens)."""
+    for row in paired:
+        if "token_ratio_paired" in row:
+            continue
+        base = next((b for b in paired if b["kind"] == "baseline" and b["mtp"] == row["mtp"]
+                     and b["seed"] == row["seed"]), None)
+        ok = base is not None and None not in (row["token_ratio"], base["token_ratio"])
+        row["token_ratio_paired"] = row["token_ratio"] / base["token_ratio"] if ok else None
+    return paired
 
 
 def aggregate(paired: list) -> list:
@@ -146,7 +161,7 @@ def aggregate(paired: list) -> list:
                    params_activated=first["params_activated"], vocab_size=first["vocab_size"],
                    flops_per_token=first["flops_per_token"], tokens=first["tokens"])
         for metric in METRICS:
-            values = [p[metric] for p in runs]
+            values = [p.get(metric) for p in runs]
             if any(v is None for v in values):
                 row[metric] = row[metric + "_sd"] = None
             else:
@@ -319,7 +334,7 @@ def markdown(report: dict, command: str, preset_name: str) -> list:
              f"Python {platform.python_version()}  ", f"Versions: {_versions()}", "",
              "| variant | r | MTP | seeds | vocab | params total / activated | fwd MFLOP/token "
              "| val next-token | Δ next-token (paired) | val next-2-token | Δ next-2-token "
-             "| final train loss | token ratio | wall s |", "|" + "---|" * 14]
+             "| final train loss | token ratio, paired (raw) | wall s |", "|" + "---|" * 14]
     for t in report["variants"]:
         lines.append(
             f"| {t['variant']} | {t['r']:g} | {'yes' if t['mtp'] else 'no'} | "
@@ -331,13 +346,17 @@ def markdown(report: dict, command: str, preset_name: str) -> list:
             f"{_pm(t['val_next_2_token'], t['val_next_2_token_sd'])} | "
             f"{_pm(t['delta_next_2_token'], t['delta_next_2_token_sd'], '+.4f')} | "
             f"{_pm(t['final_train_loss'], t['final_train_loss_sd'])} | "
-            f"{_pm(t['token_ratio'], t['token_ratio_sd'], '.2f')} | "
+            f"{_pm(t.get('token_ratio_paired'), t.get('token_ratio_paired_sd'), '.2f')} "
+            f"({_pm(t['token_ratio'], None, '.2f')}) | "
             f"{_pm(t['wall_seconds'], None, '.0f')} |")
     lines += ["", "Values are mean ± sample sd over the seeds (no sd: one seed). Δ = run − the "
               "baseline of the same seed (MTP runs: − baseline_mtp), then mean ± sd over seeds. "
-              f"Training losses smoothed over {report['window']} logged iterations; token ratio = "
-              "baseline tokens / tokens to reach the baseline's smoothed final loss (missing when "
-              "a seed never reached it). Parameters: count_parameters of the provider saved in "
+              f"Training losses smoothed over {report['window']} logged iterations; token ratio, "
+              "paired = tokens the same-seed baseline needs to first reach its own smoothed final "
+              "loss / tokens the run needs (the baseline: 1 by definition); raw, in brackets = "
+              "all the baseline's tokens / tokens the run needs, which a noisy baseline curve "
+              "inflates (its own raw ratio is above 1); missing when a seed never reached it. "
+              "Parameters: count_parameters of the provider saved in "
               "the checkpoint (the run's own vocab, padded).", "",
               "Fits of Δ vs log2(r) over the VWN variants (r = 1, n = m, included), on the seed "
               "means; per-seed slopes mean ± sd. The intercept is the fitted Δ at r = 1: what VWN "

@@ -48,8 +48,22 @@ def test_compare_reports_token_efficiency():
     assert summary["delta_train_loss"] == pytest.approx(-0.5)
     assert summary["vwn_tokens_to_reach_baseline_final"] == 30
     assert summary["token_ratio"] == pytest.approx(40 / 30)
+    assert summary["baseline_tokens_to_reach_own_final"] == 40
+    assert summary["token_ratio_paired"] == pytest.approx(40 / 30)
     table = results.markdown_table(summary, "vwn", "base")
-    assert "1.33x fewer tokens" in table and "| 30 |" in table
+    assert "1.33x fewer tokens than the baseline first does" in table and "| 40 | 30 |" in table
+
+
+def test_paired_token_ratio_judges_both_curves_by_the_first_crossing():
+    # the baseline's smoothed loss dips to its final value (3.0) at 30 tokens, then wobbles
+    base = results.RunCurve("base", 10, iterations=[1, 2, 3, 4, 5], train_loss=[5, 4, 3, 3.4, 3])
+    vwn = results.RunCurve("vwn", 10, iterations=[1, 2, 3, 4, 5], train_loss=[5, 3, 2.5, 2, 2])
+    summary = results.compare(vwn, base, window=1)
+    assert summary["vwn_tokens_to_reach_baseline_final"] == 20
+    assert summary["baseline_tokens_to_reach_own_final"] == 30
+    assert summary["token_ratio"] == pytest.approx(50 / 20)
+    assert summary["token_ratio_paired"] == pytest.approx(30 / 20)
+    assert results.compare(base, base, window=1)["token_ratio_paired"] == 1.0
 
 
 def test_noise_note_puts_one_run_beside_the_measured_seed_spread():

@@ -38,8 +38,8 @@ def _row(variant, seed, r, val, delta, kind="vwn", params=5_000_000):
                 parameters_loaded=params, flops_per_token=4e6, val_next_token=val,
                 val_next_2_token=None, delta_next_token=delta, delta_next_2_token=None,
                 final_train_loss=val - 0.7, tokens=1228800, tokens_to_reach_baseline=900000,
-                token_ratio=1.2, gap_by_progress={"25%": delta, "50%": delta, "75%": delta,
-                                                  "100%": delta}, wall_seconds=300.0)
+                token_ratio=1.2 if kind == "baseline" else 1.8, wall_seconds=300.0,
+                gap_by_progress={"25%": delta, "50%": delta, "75%": delta, "100%": delta})
 
 
 def _study(path, variants, base_shift=0.0):
@@ -74,6 +74,9 @@ def test_table_and_fit_cover_every_study(combine_module, tmp_path):
     assert fit["no_intercept"]["slope"] == pytest.approx(through_zero, abs=1e-12)
     assert len(fit["with_intercept"]["slope_per_seed"]) == len(SEEDS)
     assert sum("the same run" in note for note in report["notes"]) == len(SEEDS)
+    # results.json from before the paired token ratio: derived from the same-seed baseline's own
+    assert table["vwn_r2"]["token_ratio_paired"] == pytest.approx(1.5, abs=1e-12)
+    assert table["baseline"]["token_ratio_paired"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_different_baselines_cannot_share_a_fit(combine_module, tmp_path):

@@ -184,6 +184,7 @@ def test_micro_study_table_matches_the_eval_files(micro_study):
         assert row["delta_next_token"] == pytest.approx(statistics.mean(deltas), abs=1e-12)
         assert row["delta_next_token_sd"] == pytest.approx(statistics.stdev(deltas), abs=1e-12)
     assert table["baseline"]["delta_next_token"] == 0 and table["baseline"]["val_next_token_sd"] > 0
+    assert table["baseline"]["token_ratio_paired"] == 1.0  # the baseline judged against itself
     # the fit over r = 1 and 2 (two points: exact), with and without an intercept, vs numpy
     fit = micro_study["results"]["fits"]["no_mtp/delta_next_token"]
     ys = [table["vwn_r1"]["delta_next_token"], table["vwn_r2"]["delta_next_token"]]
