@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 EMBEDDING_CHOICES = ("wide", "factorized")
 EMBEDDING_UP_INIT_CHOICES = ("scaled", "normal")
+EMBEDDING_UP_ACT_CHOICES = ("none", "gelu")
 COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
 COLLAPSE_INIT_CHOICES = ("normal", "identity")
 GHC_IMPL_CHOICES = ("torch", "triton", "compile", "auto")
@@ -84,6 +85,16 @@ class VWNConfigMixin:
     docs/results.md §1.3. Ignored with vwn_embedding="wide" (no up-projection), so a saved config
     loads whatever it holds."""
 
+    vwn_embedding_up_act: str = "none"
+    """[choice] What follows the factorized up-projection (docs/method.md §2): "none" = nothing,
+    the paper's linear D -> D' (default); "gelu" = sigma * GELU(x / sigma) per element, sigma =
+    init_method_std, so a wide element keeps the table's scale while the GELU acts at it (plain
+    GELU of values of std sigma ~ 0.02 is ~ x/2, i.e. linear). Without it the factorized wide
+    state is a linear map of a width-D embedding and can hold no more across tokens than the
+    width-D table does (docs/results.md, round 2, the probe); with it the wide state is a
+    nonlinear function of the token's embedding. No parameters are added. Ignored with
+    vwn_embedding="wide"."""
+
     vwn_collapse: str = "norm_linear"
     """Collapse before the final norm (docs/method.md §2): "norm_linear" = W_reduce(GroupNorm(H))
     with r groups of width D; "linear" = W_reduce(H) (the paper's 1.5x runs); "none" only when
@@ -140,6 +151,7 @@ class VWNConfigMixin:
             ("vwn_collapse", self.vwn_collapse, COLLAPSE_CHOICES),
             ("vwn_collapse_init", self.vwn_collapse_init, COLLAPSE_INIT_CHOICES),
             ("vwn_embedding_up_init", self.vwn_embedding_up_init, EMBEDDING_UP_INIT_CHOICES),
+            ("vwn_embedding_up_act", self.vwn_embedding_up_act, EMBEDDING_UP_ACT_CHOICES),
             ("ghc_impl", self.ghc_impl, GHC_IMPL_CHOICES),
         )
         for name, value, allowed in choices:

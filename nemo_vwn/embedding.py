@@ -14,7 +14,8 @@ Output: [s, b, D'] (sequence-sharded under sequence parallelism, like Megatron's
 [choice] The factorized up-projection is replicated over TP. ``vwn_embedding_up_init`` picks its
 init: "scaled" = N(0, 1/D) (default: a wide element keeps the table's std sigma, like a wide
 table's) or "normal" = ``init_method`` (std sigma: a wide element starts at std
-~ sigma^2 * sqrt(D)).
+~ sigma^2 * sqrt(D)). ``vwn_embedding_up_act`` ("none" | "gelu") picks what follows it:
+nothing (the paper's linear up-projection) or sigma * GELU(x / sigma), sigma = init_method_std.
 """
 
 from __future__ import annotations
@@ -63,5 +64,8 @@ class VWNEmbedding(LanguageModelEmbedding):
         """[b, s] token ids -> [s, b, D'] wide state."""
         embeddings = super().forward(input_ids, position_ids, tokentype_ids)
         if self.factorized:
-            embeddings = torch.nn.functional.linear(embeddings, self.up_proj_weight)
+            embeddings = torch.nn.functional.linear(embeddings, self.up_proj_weight)  # [s, b, D']
+            if self.config.vwn_embedding_up_act == "gelu":
+                sigma = self.config.init_method_std
+                embeddings = sigma * torch.nn.functional.gelu(embeddings / sigma)
         return embeddings

@@ -48,6 +48,25 @@ def test_factorized_up_projection_init_scales(megatron_cpu, up_init):
     torch.testing.assert_close(embedding(ids, position_ids=None)[:, 0], ref)
 
 
+def test_factorized_gelu_is_the_scaled_gelu_of_the_up_projection(megatron_cpu):
+    config, embedding = build(vwn_embedding="factorized", vwn_embedding_up_act="gelu")
+    _, linear = build(vwn_embedding="factorized")  # same seed: the same table and up-projection
+    torch.testing.assert_close(embedding.up_proj_weight, linear.up_proj_weight, rtol=0, atol=0)
+    ids = torch.tensor([[3, 5, 7]])
+    pre = embedding.word_embeddings.weight[ids[0]] @ embedding.up_proj_weight.t()  # [3, D']
+    sigma = 0.02  # init_method_std
+    ref = sigma * 0.5 * pre / sigma * (1 + torch.erf(pre / sigma / 2 ** 0.5))  # exact GELU
+    out = embedding(ids, position_ids=None)[:, 0]
+    torch.testing.assert_close(out, ref)
+    # at the table's scale the activation is far from linear (plain GELU there is ~ x / 2)
+    assert (out - 0.5 * pre).abs().max() > 0.2 * pre.abs().max()
+    assert wide_std(embedding, config) == pytest.approx(0.6 * 0.02, rel=0.25)  # std GELU(N(0,1))
+    with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_act='relu' is not one of "
+                                             r"\['none', 'gelu'\]"):
+        vwn_config(n=8, m=2, vwn_embedding="factorized", vwn_embedding_up_act="relu")
+    assert vwn_config(n=8, m=2, vwn_embedding="factorized").vwn_embedding_up_act == "none"
+
+
 def test_up_init_choices_and_default(megatron_cpu):
     assert vwn_config(n=8, m=2, vwn_embedding="factorized").vwn_embedding_up_init == "scaled"
     with pytest.raises(VWNConfigError, match=r"vwn_embedding_up_init='xavier' is not one of "

@@ -34,6 +34,11 @@ class UpcycleError(ValueError):
 
 
 def _vwn_settings_ok(config) -> None:
+    if config.vwn_embedding == "factorized" and config.vwn_embedding_up_act != "none":
+        raise UpcycleError(
+            "upcycling needs vwn_embedding_up_act='none' (an identity up-projection reproduces "
+            f"the baseline's embedding only without an activation); got "
+            f"{config.vwn_embedding_up_act!r}")
     if config.vwn_collapse == "none":
         return
     if config.vwn_collapse_init != "identity":

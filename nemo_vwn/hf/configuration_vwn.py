@@ -23,6 +23,7 @@ NORMALIZATIONS = ("RMSNorm", "LayerNorm")
 ACTIVATIONS = ("gelu", "silu", "relu", "squared_relu", "fast_gelu", "quick_gelu")
 POSITION_EMBEDDINGS = ("rope", "learned_absolute", "none")
 EMBEDDINGS = ("wide", "factorized")
+EMBEDDING_UP_ACTS = ("none", "gelu")
 COLLAPSES = ("norm_linear", "linear", "none")
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "sqrtsoftplus")
 ROUTER_DTYPES = (None, "fp32", "fp64")
@@ -49,6 +50,8 @@ class VWNHFConfig(PretrainedConfig):
     VWN:
         virtual_width_n (n), virtual_width_m (m), ghc_dynamic (DGHC), ghc_fp32_coefficients,
         vwn_embedding ("wide" table of width D' | "factorized" width-D table + Linear D -> D'),
+        vwn_embedding_up_act (after the factorized Linear: "none" | "gelu" = s * GELU(x / s),
+        s = initializer_range, which holds Megatron's init_method_std),
         vwn_collapse ("norm_linear" = W_reduce(GroupNorm(H)) | "linear" = W_reduce(H) | "none").
     Multi-token prediction (weights always loaded; ``output_mtp_logits=True`` runs them):
         mtp_num_layers (k depths), mtp_use_repeated_layer (one depth module shared by the k).
@@ -98,6 +101,7 @@ class VWNHFConfig(PretrainedConfig):
         ghc_dynamic: bool = True,
         ghc_fp32_coefficients: bool = True,
         vwn_embedding: str = "wide",
+        vwn_embedding_up_act: str = "none",
         vwn_collapse: str = "norm_linear",
         mtp_num_layers: int = 0,
         mtp_use_repeated_layer: bool = False,
@@ -144,6 +148,7 @@ class VWNHFConfig(PretrainedConfig):
         self.ghc_dynamic = ghc_dynamic
         self.ghc_fp32_coefficients = ghc_fp32_coefficients
         self.vwn_embedding = vwn_embedding
+        self.vwn_embedding_up_act = vwn_embedding_up_act
         self.vwn_collapse = vwn_collapse
         self.mtp_num_layers = mtp_num_layers or 0
         self.mtp_use_repeated_layer = mtp_use_repeated_layer
@@ -197,6 +202,7 @@ class VWNHFConfig(PretrainedConfig):
                    ("hidden_act", self.hidden_act, ACTIVATIONS),
                    ("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDINGS),
                    ("vwn_embedding", self.vwn_embedding, EMBEDDINGS),
+                   ("vwn_embedding_up_act", self.vwn_embedding_up_act, EMBEDDING_UP_ACTS),
                    ("vwn_collapse", self.vwn_collapse, COLLAPSES),
                    ("router_score_function", self.router_score_function, SCORE_FUNCTIONS),
                    ("router_dtype", self.router_dtype, ROUTER_DTYPES))

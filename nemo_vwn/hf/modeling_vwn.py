@@ -489,6 +489,9 @@ class VWNModel(VWNPreTrainedModel):
             e = e + self.embed_positions(position_ids)
         if self.embed_up_proj is not None:
             e = F.linear(e, self.embed_up_proj)
+            if self.config.vwn_embedding_up_act == "gelu":
+                s = self.config.initializer_range  # Megatron's init_method_std
+                e = s * F.gelu(e / s)
         return e
 
     # mirrors nemo_vwn.collapse.VWNOutputNorm (collapse, then the final norm; docs/method.md §2)

@@ -4,8 +4,9 @@ Four tiny Megatron checkpoints (every parameter randomised, so a swapped or mis-
 changes logits) cover: dense GELU-with-bias (padded vocabulary), MoE with SwiGLU experts, GQA,
 pre-softmax routing, a dense layer among MoE layers and 2 MTP depths; MoE with sigmoid routing,
 expert bias, top-k scaling, fp32 router, LayerNorm, QK-norm, learned positions at r = 4; and a
-factorized, tied embedding with static GHC at r = 1.5 with the linear collapse and a repeated
-MTP layer. Each is exported, read by transformers, imported back and compared.
+factorized, tied embedding (GELU after the up-projection) with static GHC at r = 1.5 with the
+linear collapse and a repeated MTP layer. Each is exported, read by transformers, imported back
+and compared.
 """
 
 import ast
@@ -44,7 +45,8 @@ VARIANTS = {
                         moe_router_dtype="fp32", moe_router_load_balancing_type="none",
                         qk_layernorm=True, normalization="LayerNorm",
                         position_embedding_type="learned_absolute", virtual_width_n=8),
-    "factorized": dict(vwn_embedding="factorized", share_embeddings_and_output_weights=True,
+    "factorized": dict(vwn_embedding="factorized", vwn_embedding_up_act="gelu",
+                       share_embeddings_and_output_weights=True,
                        ghc_dynamic=False, virtual_width_n=3, vwn_collapse="linear",
                        add_bias_linear=False, add_qkv_bias=True, mtp_num_layers=2,
                        mtp_use_repeated_layer=True),

@@ -69,6 +69,10 @@ def test_upcycle_errors(megatron_cpu):
     baseline = build_stock_gpt(stock_config())
     with pytest.raises(UpcycleError, match="vwn_collapse_init='identity'"):
         upcycle_weights(baseline, build_vwn_gpt(vwn_config(n=4, m=2, vwn_collapse_init="normal")))
+    with pytest.raises(UpcycleError, match="vwn_embedding_up_act='none'"):
+        upcycle_weights(baseline, build_vwn_gpt(vwn_config(
+            n=4, m=2, vwn_collapse_init="identity", vwn_embedding="factorized",
+            vwn_embedding_up_act="gelu")))
     with pytest.raises(UpcycleError, match="extra_slots='noise' is not one of"):
         upcycle_weights(baseline, build_vwn_gpt(vwn_config(
             n=4, m=2, vwn_collapse_init="identity")), extra_slots="noise")

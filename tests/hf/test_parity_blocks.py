@@ -131,6 +131,7 @@ def test_choice_lists_agree():
 
     assert configuration_vwn.EMBEDDINGS == config.EMBEDDING_CHOICES
     assert configuration_vwn.COLLAPSES == config.COLLAPSE_CHOICES
+    assert configuration_vwn.EMBEDDING_UP_ACTS == config.EMBEDDING_UP_ACT_CHOICES
     # every activation the HF config accepts exists in the HF model and maps to megatron
     assert set(configuration_vwn.ACTIVATIONS) == set(modeling_vwn.ACTIVATIONS)
     for name in configuration_vwn.ACTIVATIONS:
