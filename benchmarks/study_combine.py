@@ -12,7 +12,9 @@ has them (``--baseline-tol``, default 1e-6: CPU training here is deterministic, 
 give equal numbers); any other mismatch, or a non-baseline run present in two studies, is an
 error naming the runs. Writes ``<output>.md`` and ``<output>.json`` (the study report's table and
 fits, docs/results.md explains the columns) and, with ``--figures``, ``delta_vs_log2r`` and
-``paired_deltas`` PNGs (the loss curves are not in results.json: each study draws its own).
+``paired_deltas`` PNGs (the loss curves are not in results.json: each study draws its own);
+``--controls-from`` adds other studies' paired deltas to the latter without combining them
+(a factorized or byte-level study whose variants share names with the main one's).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def combine(paths: list, baseline_tol: float = 1e-6) -> dict:
                 window=windows[0], notes=notes)
 
 
-def write(report: dict, output: str, figures=None, prefix: str = "", command: str = "") -> list:
+def write(report: dict, output: str, figures=None, prefix: str = "", command: str = "",
+          controls=()) -> list:
     sys.path.insert(0, HERE)
     import study_report
 
@@ -101,7 +104,8 @@ def write(report: dict, output: str, figures=None, prefix: str = "", command: st
             paths.append(study_report.plot_delta_vs_log2r(
                 report, os.path.join(figures, f"{prefix}delta_vs_log2r.png")))
         paths.append(study_report.plot_paired_deltas(
-            study_report.control_rows(report), os.path.join(figures, f"{prefix}paired_deltas.png")))
+            study_report.control_rows(report, controls),
+            os.path.join(figures, f"{prefix}paired_deltas.png")))
     lines = study_report.markdown(report, command, "combined")
     lines[0] = "# Token-efficiency studies, combined (benchmarks/study_combine.py)"
     if paths:
@@ -123,6 +127,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--figure-prefix", default="combined_")
     parser.add_argument("--baseline-tol", type=float, default=1e-6,
                         help="largest validation-loss gap between one baseline run's copies")
+    parser.add_argument("--controls-from", nargs="+", default=[], metavar="STUDY",
+                        help="other studies (results.json files or study dirs), not combined: "
+                             "their paired deltas only join paired_deltas.png, tagged by name")
     args = parser.parse_args(argv)
     if len(args.studies) < 2:
         parser.error("give at least two studies to combine")
@@ -131,7 +138,8 @@ def main(argv=None) -> dict:
     except CombineError as exc:
         raise SystemExit(f"study_combine: {exc}") from None
     write(report, args.output, args.figures, args.figure_prefix,
-          "python benchmarks/study_combine.py " + " ".join(argv or sys.argv[1:]))
+          "python benchmarks/study_combine.py " + " ".join(argv or sys.argv[1:]),
+          args.controls_from)
     return report
 
 

@@ -260,12 +260,17 @@ def plot_delta_vs_log2r(report: dict, path: str) -> str:
 
 def control_rows(report: dict, others=()) -> list:
     """(label, mean delta, sd, seeds) of every non-baseline variant of this study and of the
-    studies in ``others`` (their results.json), for the side-by-side figure."""
+    studies in ``others`` (study directories holding results.json, or such JSON files, e.g. the
+    committed copies under docs/results/), for the side-by-side figure. A directory's rows are
+    tagged with its name, a file's with its name less ``.json`` (``results.json``: its folder's)."""
     rows = [("", t) for t in report["variants"] if t["kind"] != "baseline"]
     for other in others:
-        with open(os.path.join(other, "results.json")) as handle:
+        path = other if other.endswith(".json") else os.path.join(other, "results.json")
+        with open(path) as handle:
             data = json.load(handle)
-        tag = os.path.basename(os.path.normpath(other))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        tag = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "results" \
+            else stem
         rows += [(tag, t) for t in data.get("variants", []) if t["kind"] != "baseline"]
     out = []
     for tag, t in rows:

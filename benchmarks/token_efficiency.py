@@ -275,9 +275,9 @@ def parse_args(argv=None):
                         help="directory of the PNGs (default: --output)")
     parser.add_argument("--figure-prefix", default="",
                         help="prefix of the PNG names (several studies into one directory)")
-    parser.add_argument("--controls-from", nargs="+", default=[], metavar="STUDY_DIR",
-                        help="other study outputs (results.json) whose paired deltas join "
-                             "paired_deltas.png")
+    parser.add_argument("--controls-from", nargs="+", default=[], metavar="STUDY",
+                        help="other studies (output dirs or results.json files) whose paired "
+                             "deltas join paired_deltas.png")
     args, user_overrides = parser.parse_known_args(argv)
     if args.only:  # "--only a b key=value": the key=value items are overrides, not names
         user_overrides += [item for item in args.only if "=" in item]

@@ -111,3 +111,31 @@ def test_command_writes_table_json_and_figures(tmp_path):
     bad = subprocess.run([sys.executable, SCRIPT, a, "--output", str(out)], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "at least two studies" in bad.stderr
+
+
+def test_controls_from_files_and_dirs_join_the_paired_figure(combine_module, tmp_path):
+    """--controls-from takes a study dir (its results.json) or a JSON file such as the committed
+    docs/results copies; their variants join the figure's rows, tagged, with their own deltas."""
+    report = combine_module.combine([_study(tmp_path / "a.json", ["vwn_r2"]),
+                                     _study(tmp_path / "b.json", ["vwn_r4"])])
+    combine_module.write(report, str(tmp_path / "fact"))          # a committed-style copy
+    study_dir = tmp_path / "r2_bytes"
+    study_dir.mkdir()
+    other = combine_module.combine([_study(tmp_path / "c.json", ["vwn_r1.5"]),
+                                    _study(tmp_path / "d.json", ["vwn_r1"])])
+    combine_module.write(other, str(study_dir / "results"))
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import study_report
+
+    rows = study_report.control_rows(report, [str(tmp_path / "fact.json"), str(study_dir)])
+    labels = [row[0] for row in rows]
+    assert labels == ["vwn_r2", "vwn_r4", "fact: vwn_r2", "fact: vwn_r4", "r2_bytes: vwn_r1",
+                      "r2_bytes: vwn_r1.5"]
+    by_label = {row[0]: row for row in rows}
+    deltas = DELTAS["vwn_r1.5"][1]
+    assert math.isclose(by_label["r2_bytes: vwn_r1.5"][1], statistics.mean(deltas), abs_tol=1e-12)
+    assert math.isclose(by_label["r2_bytes: vwn_r1.5"][2], statistics.stdev(deltas), abs_tol=1e-12)
+    assert by_label["fact: vwn_r4"][3] == 3
+    paths = combine_module.write(report, str(tmp_path / "all"), str(tmp_path / "figures"), "x_",
+                                 controls=[str(study_dir)])
+    assert [os.path.basename(p) for p in paths] == ["x_delta_vs_log2r.png", "x_paired_deltas.png"]
