@@ -26,6 +26,7 @@ EMBEDDING_UP_ACT_CHOICES = ("none", "gelu")
 COLLAPSE_CHOICES = ("norm_linear", "linear", "none")
 COLLAPSE_INIT_CHOICES = ("normal", "identity")
 GHC_IMPL_CHOICES = ("torch", "triton", "compile", "auto")
+GHC_WRITE_INIT_CHOICES = ("tile", "backbone")
 
 
 class VWNConfigError(ValueError):
@@ -58,6 +59,17 @@ class VWNConfigMixin:
     """[choice] Weight decay on the DGHC scales S_A, S_B (default: none, as for norm gains). The
     static A/B never decay; the dynamic projections W_A, W_B always do (nemo_vwn.optim,
     docs/method.md §4)."""
+
+    ghc_write_init: str = "tile"
+    """[choice] Init of the static write matrix B (m, n) (docs/method.md §3): "tile" = the
+    method's B[i, j] = 1 if j mod m == i, backbone segment i written into every slot j ≡ i (mod m)
+    (default); "backbone" = B[i, j] = 1 if j == i, the branch output written into the backbone
+    slots 0..m-1 only, so the extra slots carry the embedding's content until the learned B (and
+    DGHC) write into them. Both give a standard residual stream in slots 0..m-1 at init, and
+    they coincide when n == m. "backbone" is the variant the wide-state probe suggested for the
+    factorized embedding (docs/results.md, round 2: with "tile" every layer adds the same output
+    to slot i and to slots i + m, i + 2m, ..., so the extra slots stay linear mixtures of the
+    backbone ones)."""
 
     ghc_recompute: bool = False
     """Selective recompute of GHC: the read (per-slot norm, dynamic coefficients, width
@@ -153,6 +165,7 @@ class VWNConfigMixin:
             ("vwn_embedding_up_init", self.vwn_embedding_up_init, EMBEDDING_UP_INIT_CHOICES),
             ("vwn_embedding_up_act", self.vwn_embedding_up_act, EMBEDDING_UP_ACT_CHOICES),
             ("ghc_impl", self.ghc_impl, GHC_IMPL_CHOICES),
+            ("ghc_write_init", self.ghc_write_init, GHC_WRITE_INIT_CHOICES),
         )
         for name, value, allowed in choices:
             if value not in allowed:

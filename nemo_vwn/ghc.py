@@ -9,7 +9,8 @@ Legend (per token; the wide state h of width D' = n*d is viewed as H with shape 
 Compact form: M = Aᵀ H (m+n, d); M[:m] is the backbone input, M[m:] the carried state.
 
 Static init: A_read = [I_m ; 0], A_carry = I_n, B[i, j] = 1 if j mod m == i else 0, so at init slots
-0..m-1 are a plain pre-norm residual stream of width D.
+0..m-1 are a plain pre-norm residual stream of width D. [choice] ``ghc_write_init="backbone"``:
+B[i, j] = 1 if j == i (the output written into slots 0..m-1 only; the same at n == m).
 
 DGHC (docs/method.md §4, eq. 4-6), from the layer input H:
     Hn   = RMSNorm_d(H)                          one gain of size d shared by the n slots
@@ -63,10 +64,18 @@ def static_alpha_init(n: int, m: int) -> Tensor:
     return alpha
 
 
-def static_beta_init(n: int, m: int) -> Tensor:
-    """B[i, j] = 1 if j mod m == i: backbone segment i is written into every slot j ≡ i (mod m)."""
+def static_beta_init(n: int, m: int, kind: str = "tile") -> Tensor:
+    """The static B, (m, n). ``kind`` (config ``ghc_write_init``): "tile" = B[i, j] = 1 if
+    j mod m == i, backbone segment i written into every slot j ≡ i (mod m) (the method's init);
+    "backbone" = B[i, j] = 1 if j == i, written into the backbone slots 0..m-1 only."""
     j = torch.arange(n)
-    return (j[None, :] % m == torch.arange(m)[:, None]).to(torch.float32)  # (m, n)
+    if kind == "tile":
+        slot_of = j % m
+    elif kind == "backbone":
+        slot_of = j
+    else:
+        raise ValueError(f"ghc_write_init={kind!r} is not one of ['tile', 'backbone']")
+    return (slot_of[None, :] == torch.arange(m)[:, None]).to(torch.float32)  # (m, n)
 
 
 class GHC(MegatronModule):
@@ -112,7 +121,8 @@ class GHC(MegatronModule):
         """The method's init (deterministic: no RNG is consumed)."""
         with torch.no_grad():
             self.static_alpha.copy_(static_alpha_init(self.n, self.m))
-            self.static_beta.copy_(static_beta_init(self.n, self.m))
+            self.static_beta.copy_(static_beta_init(
+                self.n, self.m, getattr(self.config, "ghc_write_init", "tile")))
             if self.dynamic:
                 self.norm_weight.fill_(1.0)
                 self.dynamic_alpha_proj.zero_()

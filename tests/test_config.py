@@ -48,6 +48,8 @@ INVALID = [
      r"vwn_collapse_init='zeros' is not one of \['normal', 'identity'\]"),
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_impl="cuda"),
      r"ghc_impl='cuda' is not one of"),
+    (dict(virtual_width_m=2, virtual_width_n=4, ghc_write_init="slot0"),
+     r"ghc_write_init='slot0' is not one of \['tile', 'backbone'\]"),
     (dict(virtual_width_m=2, virtual_width_n=4, ghc_dynamic="yes"),
      r"ghc_dynamic must be True or False"),
     (dict(virtual_width_m=2, virtual_width_n=4, cuda_graph_impl="local"), r"cuda_graph_impl"),

@@ -154,6 +154,39 @@ def test_init_reads_slots_and_broadcasts_writes():
                            H.view(3, 2, n, d)[:, :, j] + z.view(3, 2, m, d)[:, :, j % m])
 
 
+@pytest.mark.parametrize("m,n", [(2, 3), (2, 8), (8, 16), (1, 4)])
+def test_backbone_write_init_writes_only_the_backbone_slots(m, n):
+    """ghc_write_init="backbone": B[i, j] = 1 iff j == i, so at init slot j < m gets H_j + Z_j
+    (the same residual stream as with "tile") and slot j >= m keeps H_j (the embedding's)."""
+    B = static_beta_init(n, m, "backbone")
+    assert B.shape == (m, n)
+    for i in range(m):
+        for j in range(n):
+            assert B[i, j].item() == (1.0 if j == i else 0.0)
+    ghc = make_ghc(m, n, ghc_write_init="backbone")
+    assert torch.equal(ghc.static_beta.detach(), B)
+    d = ghc.d
+    H = torch.randn(3, 2, n * d)
+    z = torch.randn(3, 2, m * d)
+    x, state = ghc.read(H)
+    assert torch.equal(x, H[..., : m * d])
+    out = ghc.write(z, state).view(3, 2, n, d)
+    Hs, zs = H.view(3, 2, n, d), z.view(3, 2, m, d)
+    for j in range(n):
+        expected = Hs[:, :, j] + zs[:, :, j] if j < m else Hs[:, :, j]
+        assert torch.equal(out[:, :, j], expected)
+    # the backbone slots see exactly what they see with the method's init
+    tile = make_ghc(m, n)
+    assert torch.equal(tile.write(z, tile.read(H)[1]).view(3, 2, n, d)[:, :, :m], out[:, :, :m])
+
+
+def test_write_inits_coincide_when_n_equals_m():
+    assert torch.equal(static_beta_init(4, 4, "tile"), static_beta_init(4, 4, "backbone"))
+    assert torch.equal(static_beta_init(4, 4, "backbone"), torch.eye(4))
+    with pytest.raises(ValueError, match="ghc_write_init='diag' is not one of"):
+        static_beta_init(4, 2, "diag")
+
+
 def test_bf16_keeps_coefficient_math_in_fp32():
     m, n = 2, 4
     ghc = make_ghc(m, n)
