@@ -43,6 +43,7 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
+from nemo_vwn.config import GHC_WRITE_INIT_CHOICES
 from nemo_vwn.kernels import build_backend
 
 # Parameters carrying this attribute get no weight decay (nemo_vwn.optim adds the override).
@@ -74,7 +75,7 @@ def static_beta_init(n: int, m: int, kind: str = "tile") -> Tensor:
     elif kind == "backbone":
         slot_of = j
     else:
-        raise ValueError(f"ghc_write_init={kind!r} is not one of ['tile', 'backbone']")
+        raise ValueError(f"ghc_write_init={kind!r} is not one of {list(GHC_WRITE_INIT_CHOICES)}")
     return (slot_of[None, :] == torch.arange(m)[:, None]).to(torch.float32)  # (m, n)
 
 

@@ -139,6 +139,15 @@ def test_dynamic_equals_static_at_init(m, n):
     assert torch.equal(dyn.write(z, sd), sta.write(z, ss))
 
 
+def read_write_at_init(ghc, H, z):
+    """One read and write of an initialised GHC: asserts the read returns slots 0..m-1 and gives
+    the written state as [s, b, n, d]."""
+    m, n, d = ghc.m, ghc.n, ghc.d
+    x, state = ghc.read(H)
+    assert torch.equal(x, H[..., : m * d])
+    return ghc.write(z, state).view(*H.shape[:2], n, d)
+
+
 def test_init_reads_slots_and_broadcasts_writes():
     """At init x = slots 0..m-1, and slot j gets H_j + Z_(j mod m)."""
     m, n = 2, 5
@@ -146,9 +155,7 @@ def test_init_reads_slots_and_broadcasts_writes():
     d = ghc.d
     H = torch.randn(3, 2, n * d)
     z = torch.randn(3, 2, m * d)
-    x, state = ghc.read(H)
-    assert torch.equal(x, H[..., : m * d])
-    out = ghc.write(z, state).view(3, 2, n, d)
+    out = read_write_at_init(ghc, H, z)
     for j in range(n):
         assert torch.equal(out[:, :, j],
                            H.view(3, 2, n, d)[:, :, j] + z.view(3, 2, m, d)[:, :, j % m])
@@ -168,16 +175,13 @@ def test_backbone_write_init_writes_only_the_backbone_slots(m, n):
     d = ghc.d
     H = torch.randn(3, 2, n * d)
     z = torch.randn(3, 2, m * d)
-    x, state = ghc.read(H)
-    assert torch.equal(x, H[..., : m * d])
-    out = ghc.write(z, state).view(3, 2, n, d)
+    out = read_write_at_init(ghc, H, z)
     Hs, zs = H.view(3, 2, n, d), z.view(3, 2, m, d)
     for j in range(n):
         expected = Hs[:, :, j] + zs[:, :, j] if j < m else Hs[:, :, j]
         assert torch.equal(out[:, :, j], expected)
     # the backbone slots see exactly what they see with the method's init
-    tile = make_ghc(m, n)
-    assert torch.equal(tile.write(z, tile.read(H)[1]).view(3, 2, n, d)[:, :, :m], out[:, :, :m])
+    assert torch.equal(read_write_at_init(make_ghc(m, n), H, z)[:, :, :m], out[:, :, :m])
 
 
 def test_write_inits_coincide_when_n_equals_m():
